@@ -1,0 +1,342 @@
+//! The broker seam: publish, fetch with a lease, settle, extend.
+//!
+//! Four required methods carry the whole contract; everything else has a
+//! default that reports [`ErrorKind::Unsupported`](crate::ErrorKind) and is
+//! announced (or not) by [`Capabilities`]. The worker, the client and the
+//! CLI are written once against this trait, never per backend.
+//!
+//! # The contract
+//!
+//! * **At-least-once.** A fetched message is *leased*, not removed. It is
+//!   removed only by [`Broker::settle`]. If the lease is not extended before
+//!   it ends, the message becomes available again (redelivery).
+//! * **Fencing.** Each delivery carries a [`Lease::token`] unique to that
+//!   attempt. `settle` and `extend` with a token that no longer holds the
+//!   lease fail with [`ErrorKind::LeaseLost`](crate::ErrorKind::LeaseLost) and change nothing.
+//! * **No double lease.** A message is leased to at most one fetcher at a
+//!   time, however many fetch concurrently.
+//! * **Delayed work is stored.** A message whose `eta` lies in the future is
+//!   kept by the broker and is not delivered before it.
+//! * **Priority and fairness.** Within a queue, higher priority first, then
+//!   oldest first. Across the queues of one fetch, no busy queue starves
+//!   another: each call starts from a different queue.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::error::Error;
+use crate::id::TaskId;
+use crate::message::Message;
+use crate::result::TaskResult;
+
+/// A boxed, `Send` future, used by the type-erased [`DynBroker`].
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a broker offers beyond the required core. Tests in the conformance
+/// suite skip what a broker does not claim, and check what it does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// Messages survive a restart of the process (and of the server).
+    pub durable: bool,
+    /// Messages with a future `eta` are held by the broker.
+    pub delayed: bool,
+    /// Higher priority messages are delivered first.
+    pub priorities: bool,
+    /// `fetch` wakes when a message arrives, without polling.
+    pub push_wakeups: bool,
+    /// The broker also stores results, and `settle` may carry one to store
+    /// atomically with the acknowledgement.
+    pub results: bool,
+    /// [`Broker::revoke`] works.
+    pub revoke: bool,
+    /// Queues may have a maximum length.
+    pub max_length: bool,
+    /// Queue statistics, purge and dead-letter inspection work.
+    pub admin: bool,
+}
+
+impl Capabilities {
+    /// Returns a report with nothing optional claimed.
+    pub fn none() -> Self {
+        Self::default()
+    }
+}
+
+/// What a fetch asks for.
+#[derive(Debug, Clone)]
+pub struct FetchRequest {
+    /// The queues to take from, fairly.
+    pub queues: Arc<[String]>,
+    /// The most messages to return.
+    pub max: usize,
+    /// How long the lease lasts unless extended.
+    pub lease: Duration,
+    /// How long to wait for a message when none is ready; zero returns at once.
+    pub wait: Duration,
+}
+
+/// A leased attempt at a message. Settle or extend it with this value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The task id (empty when a malformed message carried none).
+    pub id: TaskId,
+    /// The queue the message came from.
+    pub queue: Arc<str>,
+    /// The fencing token of this attempt: unique per delivery.
+    pub token: u64,
+    /// The broker's own handle for the message (row id, delivery tag).
+    pub receipt: u64,
+}
+
+/// One message handed to a worker.
+#[derive(Debug)]
+pub struct Delivery {
+    /// The message, or why it could not be decoded (the worker dead-letters it).
+    pub message: Result<Message, Error>,
+    /// The lease on this attempt.
+    pub lease: Lease,
+    /// How many times it was delivered, this one included (1 on the first).
+    pub deliveries: u32,
+}
+
+/// How an attempt ends.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Settlement {
+    /// Done: remove the message. With `result`, a broker that stores results
+    /// stores it in the same atomic step.
+    Ack {
+        /// The result to store with the acknowledgement.
+        result: Option<TaskResult>,
+    },
+    /// Replace the message by `message` (same id, `retries + 1`, an `eta`)
+    /// in one atomic step, optionally storing a `RETRY` result.
+    Retry {
+        /// The next delivery.
+        message: Box<Message>,
+        /// The result to store with it.
+        result: Option<TaskResult>,
+    },
+    /// Hand the message back now, for redelivery at once (shutdown).
+    Release,
+    /// Move the message to the dead-letter queue with a reason.
+    DeadLetter {
+        /// Why, in words an operator understands.
+        reason: String,
+        /// The result to store with it (a `FAILURE`, when the id is known).
+        result: Option<TaskResult>,
+    },
+}
+
+/// What [`Broker::extend`] found for one lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseStatus {
+    /// Still held; extended.
+    Held,
+    /// Lost: expired and taken by another attempt, or settled.
+    Lost,
+    /// Held, but the task was revoked: the worker should cancel it.
+    Revoked,
+}
+
+/// What [`Broker::revoke`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revoked {
+    /// The message was waiting and is removed; it will not run.
+    Removed,
+    /// The message is running; its worker learns at its next lease renewal.
+    Running,
+    /// No such message was found; the revocation is remembered.
+    Unknown,
+}
+
+/// A queue's depth.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueStats {
+    /// The queue name.
+    pub queue: String,
+    /// Messages ready to run now.
+    pub ready: u64,
+    /// Messages waiting for their eta.
+    pub delayed: u64,
+    /// Messages leased to workers.
+    pub leased: u64,
+}
+
+/// A message in the dead-letter queue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    /// The task id, when known.
+    pub id: TaskId,
+    /// The task name, when known.
+    pub task: String,
+    /// The queue it came from.
+    pub queue: String,
+    /// Why it was dead-lettered.
+    pub reason: String,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// The stored message bytes, as they were.
+    pub raw: Vec<u8>,
+}
+
+/// A message broker. See the [module docs](self) for the contract.
+pub trait Broker: Send + Sync + 'static {
+    /// Returns what this broker offers beyond the required core.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Publishes messages, each to its queue (`properties.delivery_info.routing_key`).
+    ///
+    /// All or none: on error nothing was published.
+    fn publish(
+        &self,
+        messages: Vec<Message>,
+    ) -> impl Future<Output = Result<(), Error>> + Send + '_;
+
+    /// Leases up to `req.max` ready messages, waiting up to `req.wait` for
+    /// the first one.
+    ///
+    /// # Cancel safety
+    ///
+    /// Implementations must be cancel safe: dropping the future before it
+    /// completes leases nothing (or leases that simply expire).
+    fn fetch(
+        &self,
+        req: &FetchRequest,
+    ) -> impl Future<Output = Result<Vec<Delivery>, Error>> + Send + '_;
+
+    /// Ends an attempt. Fails with `LeaseLost` if the lease is no longer held.
+    fn settle(
+        &self,
+        lease: &Lease,
+        settlement: Settlement,
+    ) -> impl Future<Output = Result<(), Error>> + Send + '_;
+
+    /// Extends leases by `by` from now, reporting each one's status in order.
+    fn extend(
+        &self,
+        leases: &[Lease],
+        by: Duration,
+    ) -> impl Future<Output = Result<Vec<LeaseStatus>, Error>> + Send + '_;
+
+    /// Revokes a task: removes it if waiting, flags it if running.
+    fn revoke(&self, id: &TaskId) -> impl Future<Output = Result<Revoked, Error>> + Send + '_ {
+        let _ = id;
+        async { Err(Error::unsupported("revoke")) }
+    }
+
+    /// Returns the depth of every known queue.
+    fn queue_stats(&self) -> impl Future<Output = Result<Vec<QueueStats>, Error>> + Send + '_ {
+        async { Err(Error::unsupported("queue statistics")) }
+    }
+
+    /// Removes every waiting message of a queue, returning how many.
+    fn purge(&self, queue: &str) -> impl Future<Output = Result<u64, Error>> + Send + '_ {
+        let _ = queue;
+        async { Err(Error::unsupported("purge")) }
+    }
+
+    /// Lists up to `limit` dead letters, oldest first.
+    fn dead_letters(
+        &self,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<DeadLetter>, Error>> + Send + '_ {
+        let _ = limit;
+        async { Err(Error::unsupported("dead-letter listing")) }
+    }
+
+    /// Puts dead letters back on their queues (all when `ids` is `None`),
+    /// returning how many.
+    fn replay_dead_letters(
+        &self,
+        ids: Option<&[TaskId]>,
+    ) -> impl Future<Output = Result<u64, Error>> + Send + '_ {
+        let _ = ids;
+        async { Err(Error::unsupported("dead-letter replay")) }
+    }
+
+    /// Deletes every dead letter, returning how many.
+    fn purge_dead_letters(&self) -> impl Future<Output = Result<u64, Error>> + Send + '_ {
+        async { Err(Error::unsupported("dead-letter purge")) }
+    }
+}
+
+/// The object-safe twin of [`Broker`], for choosing a broker at run time
+/// (by URL). Every `Broker` is a `DynBroker`.
+#[allow(missing_docs)]
+pub trait DynBroker: Send + Sync + 'static {
+    fn capabilities(&self) -> Capabilities;
+    fn publish(&self, messages: Vec<Message>) -> BoxFuture<'_, Result<(), Error>>;
+    fn fetch<'a>(&'a self, req: &'a FetchRequest) -> BoxFuture<'a, Result<Vec<Delivery>, Error>>;
+    fn settle<'a>(
+        &'a self,
+        lease: &'a Lease,
+        settlement: Settlement,
+    ) -> BoxFuture<'a, Result<(), Error>>;
+    fn extend<'a>(
+        &'a self,
+        leases: &'a [Lease],
+        by: Duration,
+    ) -> BoxFuture<'a, Result<Vec<LeaseStatus>, Error>>;
+    fn revoke<'a>(&'a self, id: &'a TaskId) -> BoxFuture<'a, Result<Revoked, Error>>;
+    fn queue_stats(&self) -> BoxFuture<'_, Result<Vec<QueueStats>, Error>>;
+    fn purge<'a>(&'a self, queue: &'a str) -> BoxFuture<'a, Result<u64, Error>>;
+    fn dead_letters(&self, limit: usize) -> BoxFuture<'_, Result<Vec<DeadLetter>, Error>>;
+    fn replay_dead_letters<'a>(
+        &'a self,
+        ids: Option<&'a [TaskId]>,
+    ) -> BoxFuture<'a, Result<u64, Error>>;
+    fn purge_dead_letters(&self) -> BoxFuture<'_, Result<u64, Error>>;
+}
+
+impl<B: Broker> DynBroker for B {
+    fn capabilities(&self) -> Capabilities {
+        Broker::capabilities(self)
+    }
+    fn publish(&self, messages: Vec<Message>) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(Broker::publish(self, messages))
+    }
+    fn fetch<'a>(&'a self, req: &'a FetchRequest) -> BoxFuture<'a, Result<Vec<Delivery>, Error>> {
+        Box::pin(Broker::fetch(self, req))
+    }
+    fn settle<'a>(
+        &'a self,
+        lease: &'a Lease,
+        settlement: Settlement,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(Broker::settle(self, lease, settlement))
+    }
+    fn extend<'a>(
+        &'a self,
+        leases: &'a [Lease],
+        by: Duration,
+    ) -> BoxFuture<'a, Result<Vec<LeaseStatus>, Error>> {
+        Box::pin(Broker::extend(self, leases, by))
+    }
+    fn revoke<'a>(&'a self, id: &'a TaskId) -> BoxFuture<'a, Result<Revoked, Error>> {
+        Box::pin(Broker::revoke(self, id))
+    }
+    fn queue_stats(&self) -> BoxFuture<'_, Result<Vec<QueueStats>, Error>> {
+        Box::pin(Broker::queue_stats(self))
+    }
+    fn purge<'a>(&'a self, queue: &'a str) -> BoxFuture<'a, Result<u64, Error>> {
+        Box::pin(Broker::purge(self, queue))
+    }
+    fn dead_letters(&self, limit: usize) -> BoxFuture<'_, Result<Vec<DeadLetter>, Error>> {
+        Box::pin(Broker::dead_letters(self, limit))
+    }
+    fn replay_dead_letters<'a>(
+        &'a self,
+        ids: Option<&'a [TaskId]>,
+    ) -> BoxFuture<'a, Result<u64, Error>> {
+        Box::pin(Broker::replay_dead_letters(self, ids))
+    }
+    fn purge_dead_letters(&self) -> BoxFuture<'_, Result<u64, Error>> {
+        Box::pin(Broker::purge_dead_letters(self))
+    }
+}
