@@ -17,13 +17,13 @@ pub const DEFAULT_RESULT_EXPIRY: Duration = Duration::from_secs(24 * 3600);
 /// Where task results live.
 pub trait ResultBackend: Send + Sync + 'static {
     /// Stores (or replaces) a result.
-    fn store(&self, result: TaskResult) -> impl Future<Output = Result<(), Error>> + Send + '_;
+    fn store(&self, result: TaskResult) -> impl Future<Output = Result<(), Error>> + Send;
 
     /// Returns the stored result, if any and not expired.
     fn get(
         &self,
         id: &TaskId,
-    ) -> impl Future<Output = Result<Option<TaskResult>, Error>> + Send + '_;
+    ) -> impl Future<Output = Result<Option<TaskResult>, Error>> + Send;
 
     /// Waits until the result is in a ready state (success, failure,
     /// revoked) or `timeout` passes; returns the latest result either way.
@@ -37,10 +37,10 @@ pub trait ResultBackend: Send + Sync + 'static {
         &self,
         id: &TaskId,
         timeout: Duration,
-    ) -> impl Future<Output = Result<Option<TaskResult>, Error>> + Send + '_;
+    ) -> impl Future<Output = Result<Option<TaskResult>, Error>> + Send;
 
     /// Deletes a stored result.
-    fn forget(&self, id: &TaskId) -> impl Future<Output = Result<(), Error>> + Send + '_;
+    fn forget(&self, id: &TaskId) -> impl Future<Output = Result<(), Error>> + Send;
 }
 
 /// The object-safe twin of [`ResultBackend`]. Every `ResultBackend` is one.

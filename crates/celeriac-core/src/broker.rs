@@ -186,6 +186,9 @@ pub struct DeadLetter {
 }
 
 /// A message broker. See the [module docs](self) for the contract.
+///
+/// The returned futures may borrow every argument (they capture all the
+/// lifetimes in scope), so implementations can be written as `async fn`.
 pub trait Broker: Send + Sync + 'static {
     /// Returns what this broker offers beyond the required core.
     fn capabilities(&self) -> Capabilities;
@@ -196,7 +199,7 @@ pub trait Broker: Send + Sync + 'static {
     fn publish(
         &self,
         messages: Vec<Message>,
-    ) -> impl Future<Output = Result<(), Error>> + Send + '_;
+    ) -> impl Future<Output = Result<(), Error>> + Send;
 
     /// Leases up to `req.max` ready messages, waiting up to `req.wait` for
     /// the first one.
@@ -208,35 +211,35 @@ pub trait Broker: Send + Sync + 'static {
     fn fetch(
         &self,
         req: &FetchRequest,
-    ) -> impl Future<Output = Result<Vec<Delivery>, Error>> + Send + '_;
+    ) -> impl Future<Output = Result<Vec<Delivery>, Error>> + Send;
 
     /// Ends an attempt. Fails with `LeaseLost` if the lease is no longer held.
     fn settle(
         &self,
         lease: &Lease,
         settlement: Settlement,
-    ) -> impl Future<Output = Result<(), Error>> + Send + '_;
+    ) -> impl Future<Output = Result<(), Error>> + Send;
 
     /// Extends leases by `by` from now, reporting each one's status in order.
     fn extend(
         &self,
         leases: &[Lease],
         by: Duration,
-    ) -> impl Future<Output = Result<Vec<LeaseStatus>, Error>> + Send + '_;
+    ) -> impl Future<Output = Result<Vec<LeaseStatus>, Error>> + Send;
 
     /// Revokes a task: removes it if waiting, flags it if running.
-    fn revoke(&self, id: &TaskId) -> impl Future<Output = Result<Revoked, Error>> + Send + '_ {
+    fn revoke(&self, id: &TaskId) -> impl Future<Output = Result<Revoked, Error>> + Send {
         let _ = id;
         async { Err(Error::unsupported("revoke")) }
     }
 
     /// Returns the depth of every known queue.
-    fn queue_stats(&self) -> impl Future<Output = Result<Vec<QueueStats>, Error>> + Send + '_ {
+    fn queue_stats(&self) -> impl Future<Output = Result<Vec<QueueStats>, Error>> + Send {
         async { Err(Error::unsupported("queue statistics")) }
     }
 
     /// Removes every waiting message of a queue, returning how many.
-    fn purge(&self, queue: &str) -> impl Future<Output = Result<u64, Error>> + Send + '_ {
+    fn purge(&self, queue: &str) -> impl Future<Output = Result<u64, Error>> + Send {
         let _ = queue;
         async { Err(Error::unsupported("purge")) }
     }
@@ -245,7 +248,7 @@ pub trait Broker: Send + Sync + 'static {
     fn dead_letters(
         &self,
         limit: usize,
-    ) -> impl Future<Output = Result<Vec<DeadLetter>, Error>> + Send + '_ {
+    ) -> impl Future<Output = Result<Vec<DeadLetter>, Error>> + Send {
         let _ = limit;
         async { Err(Error::unsupported("dead-letter listing")) }
     }
@@ -255,13 +258,13 @@ pub trait Broker: Send + Sync + 'static {
     fn replay_dead_letters(
         &self,
         ids: Option<&[TaskId]>,
-    ) -> impl Future<Output = Result<u64, Error>> + Send + '_ {
+    ) -> impl Future<Output = Result<u64, Error>> + Send {
         let _ = ids;
         async { Err(Error::unsupported("dead-letter replay")) }
     }
 
     /// Deletes every dead letter, returning how many.
-    fn purge_dead_letters(&self) -> impl Future<Output = Result<u64, Error>> + Send + '_ {
+    fn purge_dead_letters(&self) -> impl Future<Output = Result<u64, Error>> + Send {
         async { Err(Error::unsupported("dead-letter purge")) }
     }
 }
