@@ -1,0 +1,120 @@
+//! Reads that need no write lock (results, queue statistics, dead-letter
+//! listings), on a small pool of read connections used from
+//! `spawn_blocking`, so they never wait for the writer nor block a tokio
+//! worker thread.
+
+use std::sync::{Arc, Mutex};
+
+use celeriac_core::{DeadLetter, Error, ErrorKind, QueueStats, TaskId, TaskResult};
+use rusqlite::Connection;
+
+use crate::config::Config;
+use crate::schema;
+use crate::util::{db_error, ms_instant, now_ms};
+
+/// The most idle read connections kept open.
+const MAX_IDLE: usize = 4;
+
+/// A pool of read connections, opened on demand.
+#[derive(Debug)]
+pub(crate) struct Readers {
+    config: Config,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl Readers {
+    /// Returns an empty pool for the database in `config`.
+    pub(crate) fn new(config: Config) -> Self {
+        Readers {
+            config,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Runs `f` on a read connection on the blocking thread pool.
+    pub(crate) async fn run<T, F>(self: &Arc<Self>, f: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, Error> + Send + 'static,
+    {
+        let pool = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let conn = match pool.idle.lock().ok().and_then(|mut idle| idle.pop()) {
+                Some(conn) => conn,
+                None => schema::connect_reader(&pool.config)?,
+            };
+            let out = f(&conn);
+            if let Ok(mut idle) = pool.idle.lock() {
+                if idle.len() < MAX_IDLE {
+                    idle.push(conn);
+                }
+            }
+            out
+        })
+        .await
+        .map_err(|e| Error::with_source(ErrorKind::Other, "a read task failed", e))?
+    }
+}
+
+/// Returns a stored result unless it expired.
+pub(crate) fn get_result(conn: &Connection, id: &str) -> Result<Option<TaskResult>, Error> {
+    let json: Option<String> = conn
+        .prepare_cached("SELECT json FROM results WHERE id = ?1 AND expires_at > ?2")
+        .and_then(|mut st| {
+            let mut rows = st.query(rusqlite::params![id, now_ms()])?;
+            rows.next()?.map(|r| r.get(0)).transpose()
+        })
+        .map_err(|e| db_error("cannot read a result", e))?;
+    json.map(|j| {
+        serde_json::from_str(&j).map_err(|e| {
+            Error::with_source(ErrorKind::Malformed, "a stored result is not valid", e)
+        })
+    })
+    .transpose()
+}
+
+/// Returns the depth of every queue that holds a message.
+pub(crate) fn queue_stats(conn: &Connection) -> Result<Vec<QueueStats>, Error> {
+    // A row whose eta or lease deadline passed counts as ready: the next
+    // fetch will take it.
+    let sql = "SELECT queue,
+                      SUM(state = 0 OR not_before <= ?1),
+                      SUM(state = 1 AND not_before > ?1),
+                      SUM(state = 2 AND not_before > ?1)
+               FROM tasks GROUP BY queue ORDER BY queue";
+    conn.prepare_cached(sql)
+        .and_then(|mut st| {
+            st.query_map([now_ms()], |r| {
+                Ok(QueueStats {
+                    queue: r.get(0)?,
+                    ready: r.get::<_, i64>(1)? as u64,
+                    delayed: r.get::<_, i64>(2)? as u64,
+                    leased: r.get::<_, i64>(3)? as u64,
+                })
+            })?
+            .collect()
+        })
+        .map_err(|e| db_error("cannot read queue statistics", e))
+}
+
+/// Lists up to `limit` dead letters, oldest first.
+pub(crate) fn dead_letters(conn: &Connection, limit: usize) -> Result<Vec<DeadLetter>, Error> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    conn.prepare_cached(
+        "SELECT id, task, queue, reason, at, raw FROM dead_letters ORDER BY seq LIMIT ?1",
+    )
+    .and_then(|mut st| {
+        st.query_map([limit], |r| {
+            Ok(DeadLetter {
+                id: TaskId::from(r.get::<_, String>(0)?),
+                task: r.get(1)?,
+                queue: r.get(2)?,
+                reason: r.get(3)?,
+                at: ms_instant(r.get(4)?),
+                raw: r.get(5)?,
+            })
+        })?
+        .collect()
+    })
+    .map_err(|e| db_error("cannot list dead letters", e))
+}

@@ -1,0 +1,169 @@
+//! The database layout, and how every connection is opened.
+//!
+//! # Tables
+//!
+//! | table | holds |
+//! |---|---|
+//! | `tasks` | every message not yet settled, one row each |
+//! | `dead_letters` | messages moved aside with a reason, bytes as they were |
+//! | `results` | task results as Celery's JSON, with an expiry |
+//! | `revocations` | ids revoked before any message with them was seen |
+//! | `meta` | counters: the next fencing token and two change versions |
+//!
+//! A `tasks` row is in one of three states. `not_before` means "the eta"
+//! for a delayed row and "the lease deadline" for a leased row, so a row
+//! whose `not_before` has passed is ready in either case and is simply
+//! moved back to `READY` (promoted) by the next fetch of its queue.
+//!
+//! Two partial indexes keep fetches cheap however many rows are leased or
+//! delayed: `tasks_ready` holds only ready rows in fetch order, and
+//! `tasks_pending` holds only the others, by queue and `not_before`, for
+//! promotion and for the next wake-up time. A fetch never scans a row it
+//! cannot take.
+
+use celeriac_core::{Error, ErrorKind};
+use rusqlite::{Connection, OpenFlags};
+
+use crate::config::Config;
+use crate::util::db_error;
+
+/// The layout version stored in `PRAGMA user_version`.
+pub(crate) const SCHEMA_VERSION: i64 = 1;
+
+/// `tasks.state` of a row that may be fetched now.
+pub(crate) const READY: i64 = 0;
+/// `tasks.state` of a row waiting for its eta (`not_before`).
+pub(crate) const DELAYED: i64 = 1;
+/// `tasks.state` of a leased row (its lease ends at `not_before`).
+pub(crate) const LEASED: i64 = 2;
+
+const DDL: &str = "
+CREATE TABLE IF NOT EXISTS tasks (
+    seq         INTEGER PRIMARY KEY,
+    id          TEXT    NOT NULL,
+    task        TEXT    NOT NULL,
+    queue       TEXT    NOT NULL,
+    priority    INTEGER NOT NULL,
+    state       INTEGER NOT NULL,
+    not_before  INTEGER NOT NULL,
+    token       INTEGER NOT NULL DEFAULT 0,
+    deliveries  INTEGER NOT NULL DEFAULT 0,
+    revoked     INTEGER NOT NULL DEFAULT 0,
+    payload     BLOB    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tasks_ready ON tasks (queue, priority DESC, seq) WHERE state = 0;
+CREATE INDEX IF NOT EXISTS tasks_pending ON tasks (queue, not_before) WHERE state > 0;
+CREATE INDEX IF NOT EXISTS tasks_id ON tasks (id);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    seq       INTEGER PRIMARY KEY,
+    id        TEXT    NOT NULL,
+    task      TEXT    NOT NULL,
+    queue     TEXT    NOT NULL,
+    priority  INTEGER NOT NULL,
+    reason    TEXT    NOT NULL,
+    at        INTEGER NOT NULL,
+    raw       BLOB    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letters_id ON dead_letters (id);
+CREATE TABLE IF NOT EXISTS results (
+    id          TEXT    PRIMARY KEY,
+    json        TEXT    NOT NULL,
+    expires_at  INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS results_expiry ON results (expires_at);
+CREATE TABLE IF NOT EXISTS revocations (
+    id  TEXT    PRIMARY KEY,
+    at  INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (
+    name   TEXT    PRIMARY KEY,
+    value  INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO meta (name, value) VALUES
+    ('next_token', 1), ('ready_version', 0), ('result_version', 0);
+";
+
+/// Opens a connection with the shared settings: WAL, the configured
+/// `synchronous`, a busy timeout and a statement cache.
+pub(crate) fn connect(config: &Config) -> Result<Connection, Error> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    let conn = Connection::open_with_flags(&config.path, flags).map_err(|e| {
+        Error::with_source(
+            ErrorKind::InvalidInput,
+            format!("cannot open sqlite database {}", config.path.display()),
+            e,
+        )
+    })?;
+    conn.busy_timeout(config.busy_timeout)
+        .map_err(|e| db_error("cannot set the busy timeout", e))?;
+    // WAL lets readers (other processes' fetch wake-ups, result reads) run
+    // beside the single writer, and makes a commit one append.
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(|e| db_error("cannot switch the database to wal mode", e))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(Error::new(
+            ErrorKind::Other,
+            format!("sqlite refused wal mode (journal mode is {mode})"),
+        ));
+    }
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous = {};
+         PRAGMA cache_size = -32768;
+         PRAGMA temp_store = MEMORY;
+         PRAGMA journal_size_limit = 67108864;",
+        config.synchronous.pragma()
+    ))
+    .map_err(|e| db_error("cannot configure the database", e))?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+/// Creates the tables if needed and checks the layout version. Idempotent,
+/// and safe when several processes open the file at once (it runs in one
+/// `BEGIN IMMEDIATE` transaction).
+pub(crate) fn migrate(conn: &Connection) -> Result<(), Error> {
+    conn.execute_batch("BEGIN IMMEDIATE")
+        .map_err(|e| db_error("cannot lock the database to create its tables", e))?;
+    let result = (|| {
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| db_error("cannot read the schema version", e))?;
+        if version > SCHEMA_VERSION {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "the database has schema version {version}, newer than this celeriac-sqlite ({SCHEMA_VERSION})"
+                ),
+            ));
+        }
+        conn.execute_batch(DDL)
+            .map_err(|e| db_error("cannot create the tables", e))?;
+        if version < SCHEMA_VERSION {
+            conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
+                .map_err(|e| db_error("cannot write the schema version", e))?;
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => conn
+            .execute_batch("COMMIT")
+            .map_err(|e| db_error("cannot commit the tables", e)),
+        Err(e) => {
+            // The rollback's own failure adds nothing: the first error says why.
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+/// Returns a connection for reads only, opened lazily by the read pool.
+pub(crate) fn connect_reader(config: &Config) -> Result<Connection, Error> {
+    let conn = connect(config)?;
+    conn.execute_batch("PRAGMA query_only = 1")
+        .map_err(|e| db_error("cannot configure a reader", e))?;
+    Ok(conn)
+}

@@ -1,0 +1,92 @@
+//! Dead-letter replay and purge, results, and the periodic expiry sweep.
+
+use super::{Answer, ResultRow, Tx};
+use crate::util::now_ms;
+
+/// Stores (or replaces) a result with the configured expiry.
+pub(crate) fn store_result(tx: &mut Tx<'_>, row: &ResultRow) -> rusqlite::Result<()> {
+    let expires_at = now_ms().saturating_add(tx.result_expiry_ms);
+    tx.conn
+        .prepare_cached(
+            "INSERT INTO results (id, json, expires_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (id) DO UPDATE SET json = excluded.json, expires_at = excluded.expires_at",
+        )?
+        .execute(rusqlite::params![row.id, row.json, expires_at])?;
+    tx.results_changed = true;
+    Ok(())
+}
+
+/// Deletes a stored result.
+pub(super) fn forget(tx: &mut Tx<'_>, id: &str) -> rusqlite::Result<Answer> {
+    tx.conn
+        .prepare_cached("DELETE FROM results WHERE id = ?1")?
+        .execute([id])?;
+    Ok(Answer::Done)
+}
+
+/// Puts dead letters back on their queues, ready now, oldest first.
+pub(super) fn replay_dead_letters(
+    tx: &mut Tx<'_>,
+    ids: Option<&[String]>,
+) -> rusqlite::Result<Answer> {
+    let now = now_ms();
+    let mut count = 0u64;
+    match ids {
+        None => {
+            count += tx
+                .conn
+                .prepare_cached(
+                    "INSERT INTO tasks (id, task, queue, priority, state, not_before, payload)
+                     SELECT id, task, queue, priority, 0, ?1, raw FROM dead_letters ORDER BY seq",
+                )?
+                .execute([now])? as u64;
+            tx.conn
+                .prepare_cached("DELETE FROM dead_letters")?
+                .execute([])?;
+        }
+        Some(ids) => {
+            for id in ids {
+                count += tx
+                    .conn
+                    .prepare_cached(
+                        "INSERT INTO tasks (id, task, queue, priority, state, not_before, payload)
+                         SELECT id, task, queue, priority, 0, ?2, raw FROM dead_letters
+                         WHERE id = ?1 ORDER BY seq",
+                    )?
+                    .execute(rusqlite::params![id, now])? as u64;
+                tx.conn
+                    .prepare_cached("DELETE FROM dead_letters WHERE id = ?1")?
+                    .execute([id])?;
+            }
+        }
+    }
+    if count > 0 {
+        tx.ready_changed = true;
+    }
+    Ok(Answer::Count(count))
+}
+
+/// Deletes every dead letter.
+pub(super) fn purge_dead_letters(tx: &mut Tx<'_>) -> rusqlite::Result<Answer> {
+    let n = tx
+        .conn
+        .prepare_cached("DELETE FROM dead_letters")?
+        .execute([])?;
+    Ok(Answer::Count(n as u64))
+}
+
+/// Deletes expired results and revocations older than the result expiry.
+pub(super) fn sweep(tx: &mut Tx<'_>) -> rusqlite::Result<()> {
+    let now = now_ms();
+    let results = tx
+        .conn
+        .prepare_cached("DELETE FROM results WHERE expires_at <= ?1")?
+        .execute([now])?;
+    tx.conn
+        .prepare_cached("DELETE FROM revocations WHERE at <= ?1")?
+        .execute([now.saturating_sub(tx.result_expiry_ms)])?;
+    if results > 0 {
+        tracing::debug!(results, "deleted expired results");
+    }
+    Ok(())
+}

@@ -1,0 +1,230 @@
+//! Publish, fetch and purge: the operations that put rows in and lease them.
+
+use std::collections::{HashMap, VecDeque};
+
+use celeriac_core::{Error, ErrorKind, TaskId, TaskResult};
+
+use super::{admin, Answer, Fetched, LeasedRow, NewRow, ResultRow, Tx};
+use crate::schema::{DELAYED, LEASED, READY};
+use crate::util::now_ms;
+
+/// Inserts one new row, ready now or delayed until its eta.
+pub(super) fn insert(tx: &Tx<'_>, row: &NewRow, now: i64) -> rusqlite::Result<()> {
+    let (state, not_before) = match row.eta_ms {
+        Some(eta) if eta > now => (DELAYED, eta),
+        _ => (READY, now),
+    };
+    tx.conn
+        .prepare_cached(
+            "INSERT INTO tasks (id, task, queue, priority, state, not_before, payload)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?
+        .execute(rusqlite::params![
+            row.id,
+            row.task,
+            row.queue,
+            row.priority,
+            state,
+            not_before,
+            row.payload
+        ])?;
+    Ok(())
+}
+
+/// Publishes a batch, all or nothing: a batch that would overfill a queue
+/// is refused before anything is written.
+pub(super) fn publish(tx: &mut Tx<'_>, rows: &[NewRow]) -> rusqlite::Result<Answer> {
+    let now = now_ms();
+    if let Some(max) = tx.max_queue_length {
+        let mut per_queue: HashMap<&str, usize> = HashMap::new();
+        for row in rows {
+            *per_queue.entry(row.queue.as_str()).or_default() += 1;
+        }
+        for (queue, adding) in per_queue {
+            let waiting = count_waiting(tx, queue, now)?;
+            if waiting + adding > max {
+                return Ok(Answer::Refused(Error::new(
+                    ErrorKind::QueueFull,
+                    format!(
+                        "queue `{queue}` is full: {waiting} waiting + {adding} new is over the limit of {max} messages"
+                    ),
+                )));
+            }
+        }
+    }
+    // Ids revoked before they were published are remembered; such a message
+    // is not queued but gets its REVOKED result at once, as a Celery worker
+    // would store on receiving it.
+    let any_revocations: bool = tx
+        .conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM revocations)")?
+        .query_row([], |r| r.get(0))?;
+    for row in rows {
+        if any_revocations && is_revoked(tx, &row.id)? {
+            let result = TaskResult::revoked(TaskId::from(row.id.as_str()), "revoked");
+            if let Ok(json) = serde_json::to_string(&result) {
+                admin::store_result(
+                    tx,
+                    &ResultRow {
+                        id: row.id.clone(),
+                        json,
+                    },
+                )?;
+            }
+            continue;
+        }
+        insert(tx, row, now)?;
+    }
+    tx.ready_changed = true;
+    Ok(Answer::Done)
+}
+
+fn is_revoked(tx: &Tx<'_>, id: &str) -> rusqlite::Result<bool> {
+    tx.conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM revocations WHERE id = ?1)")?
+        .query_row([id], |r| r.get(0))
+}
+
+/// Counts a queue's waiting messages: ready, delayed, and leases that ended.
+fn count_waiting(tx: &Tx<'_>, queue: &str, now: i64) -> rusqlite::Result<usize> {
+    // Two statements, so that each is answered from one partial index.
+    let ready: i64 = tx
+        .conn
+        .prepare_cached("SELECT COUNT(*) FROM tasks WHERE state = 0 AND queue = ?1")?
+        .query_row([queue], |r| r.get(0))?;
+    let pending: i64 = tx
+        .conn
+        .prepare_cached(
+            "SELECT COUNT(*) FROM tasks
+             WHERE state > 0 AND queue = ?1 AND (state = 1 OR not_before <= ?2)",
+        )?
+        .query_row(rusqlite::params![queue, now], |r| r.get(0))?;
+    Ok(usize::try_from(ready + pending).unwrap_or(usize::MAX))
+}
+
+/// Makes a queue's due rows ready: delayed rows whose eta came, and leased
+/// rows whose lease ended. A revoked row whose lease ended is deleted
+/// instead: it was revoked, and no one holds it any more.
+pub(super) fn promote(tx: &Tx<'_>, queue: &str, now: i64) -> rusqlite::Result<()> {
+    tx.conn
+        .prepare_cached(
+            "DELETE FROM tasks
+             WHERE state > 0 AND queue = ?1 AND not_before <= ?2 AND revoked = 1",
+        )?
+        .execute(rusqlite::params![queue, now])?;
+    tx.conn
+        .prepare_cached(
+            "UPDATE tasks SET state = 0 WHERE state > 0 AND queue = ?1 AND not_before <= ?2",
+        )?
+        .execute(rusqlite::params![queue, now])?;
+    Ok(())
+}
+
+/// Leases up to `max` ready rows, fairly across `queues`: the queue at
+/// `start` goes first, then one row from each queue in turn.
+pub(super) fn fetch(
+    tx: &mut Tx<'_>,
+    queues: &[String],
+    start: usize,
+    max: usize,
+    lease_ms: i64,
+) -> rusqlite::Result<Answer> {
+    let now = now_ms();
+    let limit = i64::try_from(max).unwrap_or(i64::MAX);
+    let mut candidates: Vec<VecDeque<i64>> = Vec::with_capacity(queues.len());
+    for (i, queue) in queues.iter().enumerate() {
+        if queues[..i].contains(queue) {
+            candidates.push(VecDeque::new());
+            continue;
+        }
+        promote(tx, queue, now)?;
+        // `tasks_ready` holds exactly these rows in this order, and covers
+        // the query, so only the rows taken are read.
+        let mut st = tx.conn.prepare_cached(
+            "SELECT seq FROM tasks WHERE state = 0 AND queue = ?1
+             ORDER BY priority DESC, seq LIMIT ?2",
+        )?;
+        let seqs = st
+            .query_map(rusqlite::params![queue, limit], |r| r.get::<_, i64>(0))?
+            .collect::<rusqlite::Result<VecDeque<i64>>>()?;
+        candidates.push(seqs);
+    }
+
+    let n = queues.len();
+    let mut rows = Vec::new();
+    let deadline = now.saturating_add(lease_ms);
+    'rounds: loop {
+        let mut took = false;
+        for k in 0..n {
+            if rows.len() >= max {
+                break 'rounds;
+            }
+            let qi = (start + k) % n;
+            let Some(seq) = candidates[qi].pop_front() else {
+                continue;
+            };
+            took = true;
+            let token = tx.token()?;
+            let leased = tx
+                .conn
+                .prepare_cached(
+                    "UPDATE tasks SET state = ?2, not_before = ?3, token = ?4,
+                            deliveries = deliveries + 1
+                     WHERE seq = ?1
+                     RETURNING id, deliveries, payload",
+                )?
+                .query_row(rusqlite::params![seq, LEASED, deadline, token], |r| {
+                    Ok(LeasedRow {
+                        seq,
+                        token,
+                        id: r.get(0)?,
+                        queue: qi,
+                        deliveries: r.get(1)?,
+                        payload: r.get(2)?,
+                    })
+                })?;
+            rows.push(leased);
+        }
+        if !took {
+            break;
+        }
+    }
+
+    let next_wake_ms = if rows.is_empty() {
+        next_wake(tx, queues)?
+    } else {
+        None
+    };
+    Ok(Answer::Fetched(Fetched { rows, next_wake_ms }))
+}
+
+/// Returns the earliest eta or lease deadline among the queues.
+fn next_wake(tx: &Tx<'_>, queues: &[String]) -> rusqlite::Result<Option<i64>> {
+    let mut st = tx.conn.prepare_cached(
+        "SELECT not_before FROM tasks WHERE state > 0 AND queue = ?1
+         ORDER BY not_before LIMIT 1",
+    )?;
+    let mut earliest: Option<i64> = None;
+    for queue in queues {
+        let mut found = st.query([queue])?;
+        if let Some(row) = found.next()? {
+            let t: i64 = row.get(0)?;
+            earliest = Some(earliest.map_or(t, |e| e.min(t)));
+        }
+    }
+    Ok(earliest)
+}
+
+/// Deletes a queue's waiting messages (ready and delayed), not leased ones.
+pub(super) fn purge(tx: &mut Tx<'_>, queue: &str) -> rusqlite::Result<Answer> {
+    promote(tx, queue, now_ms())?;
+    let ready = tx
+        .conn
+        .prepare_cached("DELETE FROM tasks WHERE state = 0 AND queue = ?1")?
+        .execute([queue])?;
+    let delayed = tx
+        .conn
+        .prepare_cached("DELETE FROM tasks WHERE state > 0 AND queue = ?1 AND state = ?2")?
+        .execute(rusqlite::params![queue, DELAYED])?;
+    Ok(Answer::Count((ready + delayed) as u64))
+}

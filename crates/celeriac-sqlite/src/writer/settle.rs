@@ -1,0 +1,145 @@
+//! Settle, extend and revoke: the operations on a leased (or waiting) row.
+//!
+//! Every statement on a leased row is qualified by `seq = ? AND token = ?`,
+//! so an attempt whose lease was taken over (a new token) changes nothing:
+//! that is the fencing.
+
+use celeriac_core::{LeaseStatus, Revoked};
+
+use super::{admin, queue, Answer, SettleOp, Tx};
+use crate::schema::{LEASED, READY};
+use crate::util::now_ms;
+
+/// Ends an attempt, with its result, in this one transaction.
+pub(super) fn settle(
+    tx: &mut Tx<'_>,
+    seq: i64,
+    token: i64,
+    op: &SettleOp,
+) -> rusqlite::Result<Answer> {
+    let now = now_ms();
+    let held = |tx: &Tx<'_>| -> rusqlite::Result<Option<bool>> {
+        let mut st = tx
+            .conn
+            .prepare_cached("SELECT revoked FROM tasks WHERE seq = ?1 AND token = ?2")?;
+        let mut rows = st.query([seq, token])?;
+        match rows.next()? {
+            Some(row) => Ok(Some(row.get::<_, i64>(0)? != 0)),
+            None => Ok(None),
+        }
+    };
+    match op {
+        SettleOp::Ack(result) => {
+            let deleted = tx
+                .conn
+                .prepare_cached("DELETE FROM tasks WHERE seq = ?1 AND token = ?2")?
+                .execute([seq, token])?;
+            if deleted == 0 {
+                return Ok(Answer::LeaseLost);
+            }
+            if let Some(result) = result {
+                admin::store_result(tx, result)?;
+            }
+        }
+        SettleOp::Retry(next, result) => {
+            let Some(revoked) = held(tx)? else {
+                return Ok(Answer::LeaseLost);
+            };
+            delete(tx, seq)?;
+            // A task revoked while it ran must not come back by retrying.
+            if !revoked {
+                queue::insert(tx, next, now)?;
+                tx.ready_changed = true;
+            }
+            if let Some(result) = result {
+                admin::store_result(tx, result)?;
+            }
+        }
+        SettleOp::Release => {
+            let updated = tx
+                .conn
+                .prepare_cached(
+                    "UPDATE tasks SET state = ?3, not_before = ?4 WHERE seq = ?1 AND token = ?2",
+                )?
+                .execute(rusqlite::params![seq, token, READY, now])?;
+            if updated == 0 {
+                return Ok(Answer::LeaseLost);
+            }
+            tx.ready_changed = true;
+        }
+        SettleOp::DeadLetter(reason, result) => {
+            let moved = tx
+                .conn
+                .prepare_cached(
+                    "INSERT INTO dead_letters (id, task, queue, priority, reason, at, raw)
+                     SELECT id, task, queue, priority, ?3, ?4, payload FROM tasks
+                     WHERE seq = ?1 AND token = ?2",
+                )?
+                .execute(rusqlite::params![seq, token, reason, now])?;
+            if moved == 0 {
+                return Ok(Answer::LeaseLost);
+            }
+            delete(tx, seq)?;
+            if let Some(result) = result {
+                admin::store_result(tx, result)?;
+            }
+        }
+    }
+    Ok(Answer::Done)
+}
+
+fn delete(tx: &Tx<'_>, seq: i64) -> rusqlite::Result<()> {
+    tx.conn
+        .prepare_cached("DELETE FROM tasks WHERE seq = ?1")?
+        .execute([seq])?;
+    Ok(())
+}
+
+/// Extends each lease still held by its token, reporting each one.
+pub(super) fn extend(
+    tx: &mut Tx<'_>,
+    leases: &[(i64, i64)],
+    by_ms: i64,
+) -> rusqlite::Result<Answer> {
+    let deadline = now_ms().saturating_add(by_ms);
+    let mut st = tx.conn.prepare_cached(
+        "UPDATE tasks SET state = ?3, not_before = ?4 WHERE seq = ?1 AND token = ?2
+         RETURNING revoked",
+    )?;
+    let mut statuses = Vec::with_capacity(leases.len());
+    for &(seq, token) in leases {
+        let mut rows = st.query(rusqlite::params![seq, token, LEASED, deadline])?;
+        let status = match rows.next()? {
+            Some(row) if row.get::<_, i64>(0)? != 0 => LeaseStatus::Revoked,
+            Some(_) => LeaseStatus::Held,
+            None => LeaseStatus::Lost,
+        };
+        statuses.push(status);
+    }
+    Ok(Answer::Statuses(statuses))
+}
+
+/// Revokes a task: deletes its waiting rows, flags its running ones, or
+/// remembers the id for a message not seen yet.
+pub(super) fn revoke(tx: &mut Tx<'_>, id: &str) -> rusqlite::Result<Answer> {
+    let now = now_ms();
+    // A leased row whose lease ended is waiting again, and goes too.
+    let removed = tx
+        .conn
+        .prepare_cached("DELETE FROM tasks WHERE id = ?1 AND (state <> ?2 OR not_before <= ?3)")?
+        .execute(rusqlite::params![id, LEASED, now])?;
+    if removed > 0 {
+        return Ok(Answer::Revoked(Revoked::Removed));
+    }
+    let flagged = tx
+        .conn
+        .prepare_cached("UPDATE tasks SET revoked = 1 WHERE id = ?1")?
+        .execute([id])?;
+    if flagged > 0 {
+        return Ok(Answer::Revoked(Revoked::Running));
+    }
+    tx.conn
+        .prepare_cached("INSERT OR REPLACE INTO revocations (id, at) VALUES (?1, ?2)")?
+        .execute(rusqlite::params![id, now])?;
+    Ok(Answer::Revoked(Revoked::Unknown))
+}

@@ -1,0 +1,502 @@
+//! The broker and result-backend contract on one handle: ordering,
+//! delays, leases and fencing, settlements, limits, revocation, results.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use celeriac_core::{
+    codec, Broker, ErrorKind, LeaseStatus, ResultBackend, Revoked, Settlement, TaskId, TaskResult,
+    TaskState,
+};
+use celeriac_sqlite::SqliteBroker;
+use chrono::Utc;
+use serde_json::json;
+use support::{arg0, fresh, msg, now, prio, req};
+
+const LONG: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn ack_removes_the_message_and_stores_its_result() {
+    let (_dir, b) = fresh().await;
+    let m = msg("celery", vec![json!(1)]);
+    let id = m.id().clone();
+    b.publish(vec![m.clone()]).await.unwrap();
+
+    let mut got = b.fetch(&now("celery", 10)).await.unwrap();
+    assert_eq!(got.len(), 1);
+    let d = got.pop().unwrap();
+    assert_eq!(d.message.as_ref().unwrap(), &m);
+    assert_eq!(d.lease.id, id);
+    assert_eq!(&*d.lease.queue, "celery");
+    assert_eq!(d.deliveries, 1);
+
+    let result = TaskResult::success(id.clone(), json!(42));
+    b.settle(
+        &d.lease,
+        Settlement::Ack {
+            result: Some(result.clone()),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(b.get(&id).await.unwrap(), Some(result));
+    assert!(b.fetch(&now("celery", 10)).await.unwrap().is_empty());
+    assert_eq!(
+        b.settle(&d.lease, Settlement::Ack { result: None })
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::LeaseLost
+    );
+}
+
+#[tokio::test]
+async fn higher_priority_first_then_oldest_first() {
+    let (_dir, b) = fresh().await;
+    let batch = vec![
+        prio("q", 1, 0),
+        prio("q", 2, 5),
+        prio("q", 3, 9),
+        prio("q", 4, 5),
+        prio("q", 5, 0),
+    ];
+    b.publish(batch).await.unwrap();
+    let got: Vec<i64> = b
+        .fetch(&now("q", 10))
+        .await
+        .unwrap()
+        .iter()
+        .map(arg0)
+        .collect();
+    assert_eq!(got, vec![3, 2, 4, 1, 5]);
+}
+
+#[tokio::test]
+async fn fetch_is_fair_across_queues() {
+    let (_dir, b) = fresh().await;
+    let mut batch = Vec::new();
+    for n in 0..6 {
+        batch.push(msg("a", vec![json!(n)]));
+        batch.push(msg("b", vec![json!(100 + n)]));
+    }
+    b.publish(batch).await.unwrap();
+    let r = req(&["a", "b"], 4, LONG, Duration::ZERO);
+    let first: Vec<String> = b
+        .fetch(&r)
+        .await
+        .unwrap()
+        .iter()
+        .map(|d| d.lease.queue.to_string())
+        .collect();
+    assert_eq!(first.iter().filter(|q| *q == "a").count(), 2, "{first:?}");
+    assert_eq!(first.iter().filter(|q| *q == "b").count(), 2, "{first:?}");
+    // Single-message fetches alternate their starting queue.
+    let one = req(&["a", "b"], 1, LONG, Duration::ZERO);
+    let x = b.fetch(&one).await.unwrap().pop().unwrap().lease.queue;
+    let y = b.fetch(&one).await.unwrap().pop().unwrap().lease.queue;
+    assert_ne!(x, y);
+}
+
+#[tokio::test]
+async fn a_future_eta_is_delivered_no_earlier() {
+    let (_dir, b) = fresh().await;
+    let mut m = msg("q", vec![json!(1)]);
+    let eta = Utc::now() + chrono::Duration::milliseconds(300);
+    m.headers.eta = Some(eta);
+    b.publish(vec![m]).await.unwrap();
+    assert!(b.fetch(&now("q", 1)).await.unwrap().is_empty());
+    let stats = b.queue_stats().await.unwrap();
+    assert_eq!((stats[0].ready, stats[0].delayed), (0, 1));
+
+    let got = b
+        .fetch(&req(&["q"], 1, LONG, Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert!(Utc::now() >= eta);
+}
+
+#[tokio::test]
+async fn an_expired_lease_is_delivered_again_and_fences_the_old_attempt() {
+    let (_dir, b) = fresh().await;
+    b.publish(vec![msg("q", vec![json!(1)])]).await.unwrap();
+    let short = req(&["q"], 1, Duration::from_millis(200), Duration::ZERO);
+    let first = b.fetch(&short).await.unwrap().pop().unwrap();
+
+    let again = req(&["q"], 1, LONG, Duration::from_secs(10));
+    let second = b.fetch(&again).await.unwrap().pop().unwrap();
+    assert_eq!(second.lease.id, first.lease.id);
+    assert_eq!(second.deliveries, 2);
+    assert_ne!(second.lease.token, first.lease.token);
+
+    let lost = b
+        .settle(&first.lease, Settlement::Ack { result: None })
+        .await
+        .unwrap_err();
+    assert_eq!(lost.kind(), ErrorKind::LeaseLost);
+    let stale = TaskResult::success(first.lease.id.clone(), json!("stale"));
+    let lost = b
+        .settle(
+            &first.lease,
+            Settlement::Ack {
+                result: Some(stale),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(lost.kind(), ErrorKind::LeaseLost);
+    assert_eq!(
+        b.get(&first.lease.id).await.unwrap(),
+        None,
+        "a fenced ack stores nothing"
+    );
+
+    let statuses = b
+        .extend(&[first.lease.clone(), second.lease.clone()], LONG)
+        .await
+        .unwrap();
+    assert_eq!(statuses, vec![LeaseStatus::Lost, LeaseStatus::Held]);
+    b.settle(&second.lease, Settlement::Ack { result: None })
+        .await
+        .unwrap();
+    assert_eq!(
+        b.extend(&[second.lease], LONG).await.unwrap(),
+        vec![LeaseStatus::Lost]
+    );
+}
+
+#[tokio::test]
+async fn extend_keeps_a_lease_past_its_first_deadline() {
+    let (_dir, b) = fresh().await;
+    b.publish(vec![msg("q", vec![json!(1)])]).await.unwrap();
+    let d = b
+        .fetch(&req(&["q"], 1, Duration::from_millis(150), Duration::ZERO))
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(
+        b.extend(&[d.lease.clone()], LONG).await.unwrap(),
+        vec![LeaseStatus::Held]
+    );
+    // Past the original deadline, nothing is redelivered.
+    let none = b
+        .fetch(&req(&["q"], 1, LONG, Duration::from_millis(400)))
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+    b.settle(&d.lease, Settlement::Ack { result: None })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn retry_replaces_the_message_and_release_makes_it_ready() {
+    let (_dir, b) = fresh().await;
+    let m = msg("q", vec![json!(7)]);
+    let id = m.id().clone();
+    b.publish(vec![m.clone()]).await.unwrap();
+    let d = b.fetch(&now("q", 1)).await.unwrap().pop().unwrap();
+
+    let mut next = m.clone();
+    next.headers.retries = 1;
+    next.headers.eta = Some(Utc::now() + chrono::Duration::milliseconds(150));
+    let retry_result = TaskResult::new(id.clone(), TaskState::Retry, json!(null), None);
+    b.settle(
+        &d.lease,
+        Settlement::Retry {
+            message: Box::new(next.clone()),
+            result: Some(retry_result),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(b.get(&id).await.unwrap().unwrap().status, TaskState::Retry);
+    assert_eq!(b.queue_stats().await.unwrap()[0].delayed, 1);
+
+    let d2 = b
+        .fetch(&req(&["q"], 1, LONG, Duration::from_secs(10)))
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(d2.message.as_ref().unwrap().headers.retries, 1);
+    assert_eq!(d2.lease.id, id);
+    assert_eq!(d2.deliveries, 1);
+    let lost = b.settle(&d.lease, Settlement::Release).await.unwrap_err();
+    assert_eq!(lost.kind(), ErrorKind::LeaseLost);
+
+    b.settle(&d2.lease, Settlement::Release).await.unwrap();
+    let d3 = b.fetch(&now("q", 1)).await.unwrap().pop().unwrap();
+    assert_eq!(d3.lease.id, id);
+    assert_eq!(d3.deliveries, 2);
+}
+
+#[tokio::test]
+async fn dead_letters_are_listed_replayed_and_purged() {
+    let (_dir, b) = fresh().await;
+    let (m1, m2) = (msg("q", vec![json!(1)]), msg("q", vec![json!(2)]));
+    b.publish(vec![m1.clone(), m2.clone()]).await.unwrap();
+    for d in b.fetch(&now("q", 2)).await.unwrap() {
+        let fail = TaskResult::revoked(d.lease.id.clone(), "bad");
+        b.settle(
+            &d.lease,
+            Settlement::DeadLetter {
+                reason: format!("bad {}", arg0(&d)),
+                result: Some(fail),
+            },
+        )
+        .await
+        .unwrap();
+    }
+    assert!(b.queue_stats().await.unwrap().is_empty());
+    assert_eq!(
+        b.get(m1.id()).await.unwrap().unwrap().status,
+        TaskState::Revoked
+    );
+
+    let dead = b.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 2);
+    assert_eq!((&dead[0].id, dead[0].reason.as_str()), (m1.id(), "bad 1"));
+    assert_eq!(dead[0].task, "tasks.test");
+    assert_eq!(dead[0].queue, "q");
+    assert_eq!(codec::decode(&dead[0].raw).unwrap(), m1);
+    assert_eq!(b.dead_letters(1).await.unwrap().len(), 1);
+
+    assert_eq!(
+        b.replay_dead_letters(Some(&[m2.id().clone()]))
+            .await
+            .unwrap(),
+        1
+    );
+    let back = b.fetch(&now("q", 5)).await.unwrap();
+    assert_eq!(back.len(), 1);
+    assert_eq!(back[0].lease.id, *m2.id());
+    assert_eq!(b.replay_dead_letters(None).await.unwrap(), 1);
+    assert_eq!(b.fetch(&now("q", 5)).await.unwrap()[0].lease.id, *m1.id());
+
+    let d = b
+        .fetch(&req(&["q"], 1, LONG, Duration::ZERO))
+        .await
+        .unwrap();
+    assert!(d.is_empty());
+    b.insert_raw_for_test("q", "x", b"junk".to_vec())
+        .await
+        .unwrap();
+    let junk = b.fetch(&now("q", 1)).await.unwrap().pop().unwrap();
+    b.settle(
+        &junk.lease,
+        Settlement::DeadLetter {
+            reason: "junk".into(),
+            result: None,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(b.purge_dead_letters().await.unwrap(), 1);
+    assert!(b.dead_letters(10).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_malformed_row_is_delivered_as_an_error_with_a_lease() {
+    let (_dir, b) = fresh().await;
+    b.insert_raw_for_test("q", "bad-1", b"{not json".to_vec())
+        .await
+        .unwrap();
+    let d = b.fetch(&now("q", 10)).await.unwrap().pop().unwrap();
+    let err = d.message.as_ref().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Malformed);
+    assert_eq!(d.lease.id.as_str(), "bad-1");
+    assert_eq!(
+        b.extend(&[d.lease.clone()], LONG).await.unwrap(),
+        vec![LeaseStatus::Held]
+    );
+    b.settle(
+        &d.lease,
+        Settlement::DeadLetter {
+            reason: err.chain_text(),
+            result: None,
+        },
+    )
+    .await
+    .unwrap();
+    let dead = b.dead_letters(10).await.unwrap();
+    assert_eq!(dead[0].raw, b"{not json");
+    assert_eq!(dead[0].id.as_str(), "bad-1");
+}
+
+#[tokio::test]
+async fn a_publish_over_the_queue_limit_fails_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = SqliteBroker::builder(dir.path().join("q.db"))
+        .max_queue_length(3)
+        .build()
+        .await
+        .unwrap();
+    b.publish(vec![msg("q", vec![]), msg("q", vec![])])
+        .await
+        .unwrap();
+    let err = b
+        .publish(vec![
+            msg("q", vec![]),
+            msg("q", vec![]),
+            msg("other", vec![]),
+        ])
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::QueueFull);
+    assert!(
+        err.to_string().contains("`q`") && err.to_string().contains('3'),
+        "{err}"
+    );
+    let stats = b.queue_stats().await.unwrap();
+    assert_eq!(stats.len(), 1, "nothing of the refused batch was published");
+    assert_eq!(stats[0].ready, 2);
+    b.publish(vec![msg("q", vec![]), msg("other", vec![])])
+        .await
+        .unwrap();
+    // A leased message no longer counts as waiting.
+    let d = b.fetch(&now("q", 1)).await.unwrap().pop().unwrap();
+    b.publish(vec![msg("q", vec![])]).await.unwrap();
+    b.settle(&d.lease, Settlement::Ack { result: None })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn revoke_removes_waiting_flags_running_and_remembers_unknown() {
+    let (_dir, b) = fresh().await;
+    let (waiting, running) = (msg("q", vec![json!(1)]), msg("q", vec![json!(2)]));
+    b.publish(vec![running.clone()]).await.unwrap();
+    let d = b.fetch(&now("q", 1)).await.unwrap().pop().unwrap();
+    b.publish(vec![waiting.clone()]).await.unwrap();
+
+    assert_eq!(b.revoke(waiting.id()).await.unwrap(), Revoked::Removed);
+    assert!(b.fetch(&now("q", 1)).await.unwrap().is_empty());
+    assert_eq!(b.revoke(running.id()).await.unwrap(), Revoked::Running);
+    assert_eq!(
+        b.extend(&[d.lease.clone()], LONG).await.unwrap(),
+        vec![LeaseStatus::Revoked]
+    );
+    b.settle(&d.lease, Settlement::Ack { result: None })
+        .await
+        .unwrap();
+
+    let later = msg("q", vec![json!(3)]);
+    assert_eq!(b.revoke(later.id()).await.unwrap(), Revoked::Unknown);
+    b.publish(vec![later.clone()]).await.unwrap();
+    assert!(b.fetch(&now("q", 1)).await.unwrap().is_empty());
+    assert_eq!(
+        b.get(later.id()).await.unwrap().unwrap().status,
+        TaskState::Revoked
+    );
+}
+
+#[tokio::test]
+async fn queue_stats_and_purge() {
+    let (_dir, b) = fresh().await;
+    let mut delayed = msg("q", vec![]);
+    delayed.headers.eta = Some(Utc::now() + chrono::Duration::hours(1));
+    b.publish(vec![
+        msg("q", vec![]),
+        msg("q", vec![]),
+        msg("q", vec![]),
+        delayed,
+        msg("r", vec![]),
+    ])
+    .await
+    .unwrap();
+    let _leased = b.fetch(&now("q", 1)).await.unwrap();
+    let stats = b.queue_stats().await.unwrap();
+    assert_eq!(stats.len(), 2);
+    assert_eq!(
+        (
+            stats[0].queue.as_str(),
+            stats[0].ready,
+            stats[0].delayed,
+            stats[0].leased
+        ),
+        ("q", 2, 1, 1)
+    );
+    assert_eq!((stats[1].queue.as_str(), stats[1].ready), ("r", 1));
+    assert_eq!(b.purge("q").await.unwrap(), 3);
+    let stats = b.queue_stats().await.unwrap();
+    assert_eq!(
+        (stats[0].ready, stats[0].delayed, stats[0].leased),
+        (0, 0, 1)
+    );
+}
+
+#[tokio::test]
+async fn results_expire_and_can_be_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = SqliteBroker::builder(dir.path().join("q.db"))
+        .result_expiry(Duration::from_millis(300))
+        .build()
+        .await
+        .unwrap();
+    let id = TaskId::new();
+    b.store(TaskResult::success(id.clone(), json!(1)))
+        .await
+        .unwrap();
+    assert!(b.get(&id).await.unwrap().is_some());
+    // The stored expiry is what is under test.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(b.get(&id).await.unwrap(), None);
+
+    let kept = TaskId::new();
+    let b2 = SqliteBroker::open(dir.path().join("q.db")).await.unwrap();
+    b2.store(TaskResult::success(kept.clone(), json!(2)))
+        .await
+        .unwrap();
+    assert!(b2.get(&kept).await.unwrap().is_some());
+    b2.forget(&kept).await.unwrap();
+    assert_eq!(b2.get(&kept).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn wait_returns_the_latest_result_on_timeout() {
+    let (_dir, b) = fresh().await;
+    let id = TaskId::new();
+    assert_eq!(b.wait(&id, Duration::from_millis(50)).await.unwrap(), None);
+    let started = TaskResult::new(id.clone(), TaskState::Started, json!(null), None);
+    b.store(started.clone()).await.unwrap();
+    assert_eq!(
+        b.wait(&id, Duration::from_millis(50)).await.unwrap(),
+        Some(started)
+    );
+    let done = TaskResult::success(id.clone(), json!(3));
+    b.store(done.clone()).await.unwrap();
+    assert_eq!(
+        b.wait(&id, Duration::from_secs(5)).await.unwrap(),
+        Some(done)
+    );
+}
+
+#[tokio::test]
+async fn an_empty_fetch_waits_then_returns_nothing() {
+    let (_dir, b) = fresh().await;
+    let t = Instant::now();
+    let got = b
+        .fetch(&req(&["q"], 5, LONG, Duration::from_millis(200)))
+        .await
+        .unwrap();
+    assert!(got.is_empty());
+    assert!(t.elapsed() >= Duration::from_millis(200));
+    assert!(b
+        .fetch(&req(&[], 5, LONG, Duration::ZERO))
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test]
+async fn capabilities_claim_everything() {
+    let (_dir, b) = fresh().await;
+    let c = b.capabilities();
+    assert!(c.durable && c.delayed && c.priorities && c.push_wakeups);
+    assert!(c.results && c.revoke && c.max_length && c.admin);
+}
