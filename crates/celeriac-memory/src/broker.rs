@@ -1,0 +1,289 @@
+//! The [`Broker`] implementation: each call locks the store once, does its
+//! work in a short critical section, unlocks, then wakes whoever the change
+//! concerns.
+//!
+//! A fetch that finds nothing waits on the shared [`Notify`](tokio::sync::Notify)
+//! and on a timer set to the earliest eta or lease deadline of its queues.
+//! It registers itself as a waiter while holding the lock, and creates its
+//! `Notified` future before taking the lock, so a publish that lands after
+//! its check always wakes it.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use celeriac_core::{
+    Broker, Capabilities, DeadLetter, Delivery, Error, ErrorKind, FetchRequest, Lease, LeaseStatus,
+    Message, QueueStats, Revoked, Settlement, TaskId,
+};
+use tokio::time::Instant;
+
+use crate::store::{add, Pending, Store, Taken};
+use crate::{MemoryBroker, Shared};
+
+impl Broker for MemoryBroker {
+    fn capabilities(&self) -> Capabilities {
+        let mut c = Capabilities::none();
+        c.durable = false;
+        c.delayed = true;
+        c.priorities = true;
+        c.push_wakeups = true;
+        c.results = true;
+        c.revoke = true;
+        c.max_length = true;
+        c.admin = true;
+        c
+    }
+
+    /// Publishes messages to their queues: ready at once, or delayed until
+    /// a future `eta`. All or none: with a maximum queue length set, a batch
+    /// that would push any queue over it fails whole with `QueueFull`.
+    async fn publish(&self, messages: Vec<Message>) -> Result<(), Error> {
+        publish(&self.shared, messages)
+    }
+
+    /// Leases up to `req.max` ready messages, taking round-robin across
+    /// `req.queues` from a starting queue that moves on every call; waits up
+    /// to `req.wait` for one when none is ready.
+    ///
+    /// Needs a Tokio runtime with timers when it has to wait.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: messages are leased in the same poll that returns them,
+    /// so a dropped fetch has leased nothing.
+    fn fetch(
+        &self,
+        req: &FetchRequest,
+    ) -> impl Future<Output = Result<Vec<Delivery>, Error>> + Send {
+        let queues = req.queues.clone();
+        let (max, lease, wait) = (req.max, req.lease, req.wait);
+        async move { Ok(fetch(&self.shared, queues, max, lease, wait).await) }
+    }
+
+    fn settle(
+        &self,
+        lease: &Lease,
+        settlement: Settlement,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        let (receipt, token, id) = (lease.receipt, lease.token, lease.id.clone());
+        async move { settle(&self.shared, receipt, token, &id, settlement) }
+    }
+
+    fn extend(
+        &self,
+        leases: &[Lease],
+        by: Duration,
+    ) -> impl Future<Output = Result<Vec<LeaseStatus>, Error>> + Send {
+        let held: Vec<(u64, u64)> = leases.iter().map(|l| (l.receipt, l.token)).collect();
+        async move {
+            let (statuses, wake) = self.shared.store().extend(&held, by, Instant::now());
+            self.shared.wake(wake);
+            Ok(statuses)
+        }
+    }
+
+    fn revoke(&self, id: &TaskId) -> impl Future<Output = Result<Revoked, Error>> + Send {
+        let id = id.clone();
+        async move {
+            let (outcome, removed, wake) = self.shared.store().revoke(&id);
+            self.shared.wake(wake);
+            drop(removed);
+            Ok(outcome)
+        }
+    }
+
+    async fn queue_stats(&self) -> Result<Vec<QueueStats>, Error> {
+        let (stats, wake) = self.shared.store().stats(Instant::now());
+        self.shared.wake(wake);
+        Ok(stats)
+    }
+
+    fn purge(&self, queue: &str) -> impl Future<Output = Result<u64, Error>> + Send {
+        let queue = queue.to_owned();
+        async move {
+            let (count, removed, wake) = self.shared.store().purge(&queue, Instant::now());
+            self.shared.wake(wake);
+            drop(removed);
+            Ok(count)
+        }
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, Error> {
+        Ok(self.shared.store().dead_letters(limit))
+    }
+
+    fn replay_dead_letters(
+        &self,
+        ids: Option<&[TaskId]>,
+    ) -> impl Future<Output = Result<u64, Error>> + Send {
+        let ids: Option<Vec<TaskId>> = ids.map(<[TaskId]>::to_vec);
+        async move {
+            let replayed = self.shared.store().replay(ids.as_deref(), Instant::now());
+            let (count, wake) = replayed?;
+            self.shared.wake(wake);
+            Ok(count)
+        }
+    }
+
+    async fn purge_dead_letters(&self) -> Result<u64, Error> {
+        Ok(self.shared.store().purge_dead_letters())
+    }
+}
+
+fn publish(shared: &Shared, messages: Vec<Message>) -> Result<(), Error> {
+    if messages.is_empty() {
+        return Ok(());
+    }
+    // Boxing each message and reading its eta happen before the lock.
+    let now = Instant::now();
+    let mut now_utc = None;
+    let batch: Vec<Pending> = messages
+        .into_iter()
+        .map(|m| Pending::new(m, now, &mut now_utc))
+        .collect();
+    let published = shared.store().publish(batch);
+    let wake = published?;
+    shared.wake(wake);
+    Ok(())
+}
+
+/// A fetcher's registration as a waiter; undone on drop, so a fetch that
+/// is cancelled while waiting leaves nothing behind.
+struct Waiting<'a> {
+    shared: &'a Shared,
+    joined: bool,
+}
+
+impl Waiting<'_> {
+    fn join(&mut self, store: &mut Store, until: Instant) {
+        store.join_waiters(until);
+        self.joined = true;
+    }
+
+    fn leave(&mut self, store: &mut Store) {
+        if self.joined {
+            store.leave_waiters();
+            self.joined = false;
+        }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if self.joined {
+            self.shared.store().leave_waiters();
+        }
+    }
+}
+
+async fn fetch(
+    shared: &Shared,
+    queues: Arc<[String]>,
+    max: usize,
+    lease: Duration,
+    wait: Duration,
+) -> Vec<Delivery> {
+    if max == 0 || queues.is_empty() {
+        return Vec::new();
+    }
+    let until = add(Instant::now(), wait);
+    let mut waiting = Waiting {
+        shared,
+        joined: false,
+    };
+    let mut qs = Vec::new();
+    loop {
+        // Created before the check below: `notify_waiters` wakes every
+        // `Notified` that exists when it is called, polled or not.
+        let notified = shared.fetchers.notified();
+        tokio::pin!(notified);
+        let target = {
+            let mut store = shared.store();
+            waiting.leave(&mut store);
+            if qs.is_empty() {
+                qs = store.queue_ids(&queues);
+            }
+            let now = Instant::now();
+            let (taken, wake) = store.take(&qs, max, lease, now);
+            if !taken.is_empty() {
+                drop(store);
+                shared.wake(wake);
+                return deliveries(taken);
+            }
+            if now >= until {
+                return Vec::new();
+            }
+            let target = store.next_due(&qs).map_or(until, |due| due.min(until));
+            waiting.join(&mut store, target);
+            target
+        };
+        tokio::select! {
+            () = &mut notified => {}
+            () = tokio::time::sleep_until(target) => {}
+        }
+    }
+}
+
+/// Turns leased messages into deliveries, cloning each message now that
+/// the lock is released.
+fn deliveries(taken: Vec<Taken>) -> Vec<Delivery> {
+    taken
+        .into_iter()
+        .map(|t| Delivery {
+            message: Ok(Message::clone(&t.message)),
+            lease: t.lease,
+            deliveries: t.deliveries,
+        })
+        .collect()
+}
+
+/// What a settlement does, prepared before the lock is taken.
+enum Op {
+    Ack,
+    Retry(Pending),
+    Release,
+    DeadLetter(String),
+}
+
+fn settle(
+    shared: &Shared,
+    receipt: u64,
+    token: u64,
+    id: &TaskId,
+    settlement: Settlement,
+) -> Result<(), Error> {
+    let now = Instant::now();
+    let (op, result) = match settlement {
+        Settlement::Ack { result } => (Op::Ack, result),
+        Settlement::Retry { message, result } => {
+            (Op::Retry(Pending::new(*message, now, &mut None)), result)
+        }
+        Settlement::Release => (Op::Release, None),
+        Settlement::DeadLetter { reason, result } => (Op::DeadLetter(reason), result),
+        _ => return Err(Error::unsupported("this kind of settlement")),
+    };
+    let mut store = shared.store();
+    let Some(slot) = store.holder(receipt, token) else {
+        return Err(Error::new(
+            ErrorKind::LeaseLost,
+            format!("the lease on task {id} (token {token}) is no longer held"),
+        ));
+    };
+    let (removed, wake) = match op {
+        Op::Ack => store.ack(slot),
+        Op::Retry(next) => store.retry(slot, next),
+        Op::Release => (None, store.release(slot)),
+        Op::DeadLetter(reason) => store.dead_letter(slot, reason)?,
+    };
+    // The result is stored before the store lock is released, so whoever
+    // sees the message gone (or the broker idle) also sees its result.
+    let result_waiter = result.and_then(|r| shared.results().insert(r, now));
+    drop(store);
+    shared.wake(wake);
+    if let Some(n) = result_waiter {
+        n.notify_waiters();
+    }
+    drop(removed);
+    Ok(())
+}

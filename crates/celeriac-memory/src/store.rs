@@ -1,0 +1,870 @@
+//! The broker's state, kept behind one mutex: a slab of message slots, the
+//! queues that reference them, the task-id index, the dead letters and the
+//! fencing-token counter.
+//!
+//! Every method here is synchronous and short; the async layer in
+//! [`crate::broker`] locks, calls one of them, unlocks, then wakes whoever
+//! must be woken. Nothing here allocates per message except what the
+//! message itself needs.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use celeriac_core::{
+    codec, DeadLetter, Error, ErrorKind, Lease, LeaseStatus, Message, QueueStats, Revoked, TaskId,
+};
+use chrono::Utc;
+use tokio::time::Instant;
+
+use crate::hash::{FastMap, FastSet};
+use crate::queue::{Item, Queue, Timed};
+
+/// How many unknown revoked ids are remembered (Celery's worker keeps 50,000).
+const REMEMBERED_REVOKES: usize = 50_000;
+
+/// Where a message is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// In its queue's ready list.
+    Ready,
+    /// Waiting for its eta.
+    Delayed,
+    /// Leased to a fetcher until `Entry::deadline`.
+    Leased,
+}
+
+/// A stored message and its delivery state.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    /// The message; shared so deliveries clone it outside the lock.
+    pub message: Arc<Message>,
+    /// Index of its queue.
+    queue: u32,
+    /// 0..=9, higher first.
+    priority: u8,
+    phase: Phase,
+    /// The fencing token of the latest delivery, 0 when none holds it.
+    ///
+    /// An expired lease keeps its token until the message is leased again,
+    /// so the late attempt may still settle while nobody else has it.
+    token: u64,
+    /// When the lease ends; meaningful while leased.
+    deadline: Instant,
+    /// Deliveries so far.
+    deliveries: u32,
+    /// Revoked while running: reported by `extend`.
+    revoked: bool,
+}
+
+/// A slab slot. `version` changes on every state change of its message,
+/// which is what makes queue references go stale.
+#[derive(Debug)]
+struct Slot {
+    version: u64,
+    entry: Option<Entry>,
+}
+
+/// A message ready to be stored: decided outside the lock where possible.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    /// The message.
+    pub message: Arc<Message>,
+    /// When it becomes ready, if its eta lies in the future.
+    pub eta: Option<Instant>,
+}
+
+impl Pending {
+    /// Wraps a message, turning a future eta into an instant.
+    pub fn new(
+        message: Message,
+        now: Instant,
+        now_utc: &mut Option<chrono::DateTime<Utc>>,
+    ) -> Self {
+        let eta = message.headers.eta.and_then(|eta| {
+            let wall = *now_utc.get_or_insert_with(Utc::now);
+            // A negative or zero delay means the eta has passed: ready now.
+            let delay = (eta - wall).to_std().ok().filter(|d| !d.is_zero())?;
+            Some(add(now, delay))
+        });
+        Pending {
+            message: Arc::new(message),
+            eta,
+        }
+    }
+}
+
+/// One leased message, handed back by [`Store::take`].
+#[derive(Debug)]
+pub(crate) struct Taken {
+    /// The message, cloned into the delivery outside the lock.
+    pub message: Arc<Message>,
+    /// The lease.
+    pub lease: Lease,
+    /// Deliveries so far, this one included.
+    pub deliveries: u32,
+}
+
+/// Whom to wake after a state change, decided under the lock and acted on
+/// after it is released.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Wake {
+    /// Waiting fetchers (something became ready, or a timer moved earlier).
+    pub fetchers: bool,
+    /// Callers of `idle()` (the store just became empty).
+    pub idle: bool,
+}
+
+/// Returns `now + d`, saturating at a far but representable instant.
+pub(crate) fn add(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 24 * 3600))
+}
+
+/// The whole broker state.
+#[derive(Debug)]
+pub(crate) struct Store {
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    /// Messages stored, in every phase.
+    live: usize,
+    queues: Vec<Queue>,
+    queue_ids: FastMap<Arc<str>, u32>,
+    /// Task id to slot; a second live message with the same id goes to
+    /// `dup_ids` (rare: only when a producer reuses an id).
+    ids: FastMap<TaskId, u32>,
+    dup_ids: FastMap<TaskId, Vec<u32>>,
+    /// Revocations of ids that were not found, oldest first.
+    remembered: FastSet<TaskId>,
+    remembered_order: VecDeque<TaskId>,
+    dead: VecDeque<DeadLetter>,
+    /// The last fencing token handed out.
+    last_token: u64,
+    /// Publish order, to keep delayed messages with one eta in order.
+    seq: u64,
+    /// Which queue the next fetch starts from.
+    rotate: usize,
+    max_len: Option<usize>,
+    /// Scratch space for reclaimed leases, kept to avoid allocating.
+    scratch: Vec<Item>,
+    /// Fetchers currently waiting.
+    waiters: usize,
+    /// The latest instant any current waiter sleeps until: a new eta or
+    /// lease deadline before it must wake them so they re-arm their timers.
+    horizon: Option<Instant>,
+}
+
+impl Store {
+    /// Returns an empty store.
+    pub fn new(max_len: Option<usize>) -> Self {
+        Store {
+            slots: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+            queues: Vec::new(),
+            queue_ids: FastMap::default(),
+            ids: FastMap::default(),
+            dup_ids: FastMap::default(),
+            remembered: FastSet::default(),
+            remembered_order: VecDeque::new(),
+            dead: VecDeque::new(),
+            last_token: 0,
+            seq: 0,
+            rotate: 0,
+            max_len,
+            scratch: Vec::new(),
+            waiters: 0,
+            horizon: None,
+        }
+    }
+
+    /// Returns true when no message is stored (ready, delayed or leased).
+    pub fn is_idle(&self) -> bool {
+        self.live == 0
+    }
+
+    /// Returns the index of a queue, creating it if it is new.
+    pub fn queue_id(&mut self, name: &str) -> u32 {
+        if let Some(&q) = self.queue_ids.get(name) {
+            return q;
+        }
+        let name: Arc<str> = Arc::from(name);
+        let q = self.queues.len() as u32;
+        self.queues.push(Queue::new(name.clone()));
+        self.queue_ids.insert(name, q);
+        q
+    }
+
+    /// Returns the indices of queues, creating the new ones (a consumer
+    /// declares the queues it reads, as with AMQP).
+    pub fn queue_ids(&mut self, names: &[String]) -> Vec<u32> {
+        names.iter().map(|n| self.queue_id(n)).collect()
+    }
+
+    // ----- waiting fetchers -------------------------------------------------
+
+    /// Records a fetcher that sleeps until `until` unless woken.
+    pub fn join_waiters(&mut self, until: Instant) {
+        self.waiters += 1;
+        self.horizon = Some(self.horizon.map_or(until, |h| h.max(until)));
+    }
+
+    /// Forgets a waiting fetcher.
+    pub fn leave_waiters(&mut self) {
+        self.waiters = self.waiters.saturating_sub(1);
+        if self.waiters == 0 {
+            self.horizon = None;
+        }
+    }
+
+    /// Returns true if a waiter may sleep past `at` and must be woken.
+    fn wakes_at(&self, at: Instant) -> bool {
+        self.waiters > 0 && self.horizon.is_some_and(|h| at < h)
+    }
+
+    // ----- slots ------------------------------------------------------------
+
+    fn version_of(slots: &[Slot], item: Item) -> bool {
+        slots
+            .get(item.slot as usize)
+            .is_some_and(|s| s.version == item.version)
+    }
+
+    fn alloc(&mut self, entry: Entry) -> Item {
+        self.live += 1;
+        match self.free.pop() {
+            Some(slot) => {
+                let s = &mut self.slots[slot as usize];
+                s.version += 1;
+                s.entry = Some(entry);
+                Item {
+                    slot,
+                    version: s.version,
+                }
+            }
+            None => {
+                let slot = self.slots.len() as u32;
+                self.slots.push(Slot {
+                    version: 0,
+                    entry: Some(entry),
+                });
+                Item { slot, version: 0 }
+            }
+        }
+    }
+
+    fn entry_mut(&mut self, slot: u32) -> Option<&mut Entry> {
+        self.slots.get_mut(slot as usize)?.entry.as_mut()
+    }
+
+    /// Bumps a slot's version, invalidating every reference to it.
+    fn bump(&mut self, slot: u32) -> Item {
+        let s = &mut self.slots[slot as usize];
+        s.version += 1;
+        Item {
+            slot,
+            version: s.version,
+        }
+    }
+
+    fn index_insert(&mut self, id: &TaskId, slot: u32) {
+        if let Some(_first) = self.ids.get(id) {
+            self.dup_ids.entry(id.clone()).or_default().push(slot);
+        } else {
+            self.ids.insert(id.clone(), slot);
+        }
+    }
+
+    fn index_remove(&mut self, id: &TaskId, slot: u32) {
+        if self.ids.get(id) == Some(&slot) {
+            match self.dup_ids.get_mut(id) {
+                Some(more) => {
+                    if let Some(next) = more.pop() {
+                        self.ids.insert(id.clone(), next);
+                    }
+                    if more.is_empty() {
+                        self.dup_ids.remove(id);
+                    }
+                }
+                None => {
+                    self.ids.remove(id);
+                }
+            }
+        } else if let Some(more) = self.dup_ids.get_mut(id) {
+            more.retain(|&s| s != slot);
+            if more.is_empty() {
+                self.dup_ids.remove(id);
+            }
+        }
+    }
+
+    fn slots_of(&self, id: &TaskId) -> Vec<u32> {
+        let mut out: Vec<u32> = self.ids.get(id).copied().into_iter().collect();
+        if let Some(more) = self.dup_ids.get(id) {
+            out.extend_from_slice(more);
+        }
+        out
+    }
+
+    // ----- insert and remove ------------------------------------------------
+
+    /// Stores one message in queue `q`, ready or delayed. Returns whom to wake.
+    fn insert(&mut self, p: Pending, q: u32, revoked: bool) -> Wake {
+        let priority = p.message.priority();
+        let revoked =
+            revoked || (!self.remembered.is_empty() && self.remembered.contains(p.message.id()));
+        let id = p.message.id().clone();
+        let phase = if p.eta.is_some() {
+            Phase::Delayed
+        } else {
+            Phase::Ready
+        };
+        let item = self.alloc(Entry {
+            message: p.message,
+            queue: q,
+            priority,
+            phase,
+            token: 0,
+            deadline: p.eta.unwrap_or_else(Instant::now),
+            deliveries: 0,
+            revoked,
+        });
+        self.index_insert(&id, item.slot);
+        let slots = &self.slots;
+        let queue = &mut self.queues[q as usize];
+        match p.eta {
+            None => {
+                queue.ready += 1;
+                queue.push_back(priority, item, |i| Self::version_of(slots, i));
+                Wake {
+                    fetchers: self.waiters > 0,
+                    idle: false,
+                }
+            }
+            Some(at) => {
+                self.seq += 1;
+                queue.delayed += 1;
+                queue.push_delay(
+                    Timed {
+                        at,
+                        seq: self.seq,
+                        item,
+                    },
+                    |i| Self::version_of(slots, i),
+                );
+                Wake {
+                    fetchers: self.wakes_at(at),
+                    idle: false,
+                }
+            }
+        }
+    }
+
+    /// Removes a message wherever it is, returning it so the caller can
+    /// drop it after releasing the lock.
+    fn remove(&mut self, slot: u32) -> Option<Entry> {
+        let entry = self.slots.get_mut(slot as usize)?.entry.take()?;
+        self.bump(slot);
+        self.free.push(slot);
+        self.live -= 1;
+        let queue = &mut self.queues[entry.queue as usize];
+        match entry.phase {
+            Phase::Ready => queue.ready -= 1,
+            Phase::Delayed => queue.delayed -= 1,
+            Phase::Leased => queue.leased -= 1,
+        }
+        let id = entry.message.id().clone();
+        self.index_remove(&id, slot);
+        Some(entry)
+    }
+
+    /// Makes a stored message ready again at the front of its level.
+    fn make_ready_front(&mut self, slot: u32) {
+        let Some(entry) = self.entry_mut(slot) else {
+            return;
+        };
+        let (q, priority, was) = (entry.queue, entry.priority, entry.phase);
+        entry.phase = Phase::Ready;
+        let item = self.bump(slot);
+        let slots = &self.slots;
+        let queue = &mut self.queues[q as usize];
+        match was {
+            Phase::Ready => queue.ready -= 1,
+            Phase::Delayed => queue.delayed -= 1,
+            Phase::Leased => queue.leased -= 1,
+        }
+        queue.ready += 1;
+        queue.push_front(priority, item, |i| Self::version_of(slots, i));
+    }
+
+    // ----- publish ----------------------------------------------------------
+
+    /// Publishes a batch, all or none.
+    pub fn publish(&mut self, batch: Vec<Pending>) -> Result<Wake, Error> {
+        // Resolve queues once per batch, remembering the last name since a
+        // batch almost always goes to one queue.
+        let mut qids = Vec::with_capacity(batch.len());
+        let mut last: Option<(&str, u32)> = None;
+        for p in &batch {
+            let name = p.message.queue();
+            let q = match last {
+                Some((n, q)) if n == name => q,
+                _ => self.queue_id(name),
+            };
+            last = Some((name, q));
+            qids.push(q);
+        }
+        if let Some(limit) = self.max_len {
+            let mut counts: Vec<(u32, usize)> = Vec::new();
+            for &q in &qids {
+                match counts.iter_mut().find(|(c, _)| *c == q) {
+                    Some((_, n)) => *n += 1,
+                    None => counts.push((q, 1)),
+                }
+            }
+            for (q, n) in counts {
+                let queue = &self.queues[q as usize];
+                if queue.waiting() + n > limit {
+                    return Err(Error::new(
+                        ErrorKind::QueueFull,
+                        format!(
+                            "queue `{}` is full: it holds {} of at most {limit} messages, \
+                             and {n} more were published",
+                            queue.name,
+                            queue.waiting()
+                        ),
+                    ));
+                }
+            }
+        }
+        let mut wake = Wake::default();
+        for (p, q) in batch.into_iter().zip(qids) {
+            wake.fetchers |= self.insert(p, q, false).fetchers;
+        }
+        Ok(wake)
+    }
+
+    // ----- fetch ------------------------------------------------------------
+
+    /// Moves due delayed messages and expired leases of queue `q` to ready.
+    /// Returns how many became ready.
+    fn promote(&mut self, q: u32, now: Instant) -> usize {
+        let mut moved = 0;
+        while let Some(item) = self.queues[q as usize].pop_due_delay(now) {
+            if !Self::version_of(&self.slots, item) {
+                continue;
+            }
+            let Some(entry) = self.entry_mut(item.slot) else {
+                continue;
+            };
+            entry.phase = Phase::Ready;
+            let priority = entry.priority;
+            let item = self.bump(item.slot);
+            let slots = &self.slots;
+            let queue = &mut self.queues[q as usize];
+            queue.delayed -= 1;
+            queue.ready += 1;
+            queue.push_back(priority, item, |i| Self::version_of(slots, i));
+            moved += 1;
+        }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        while let Some(item) = self.queues[q as usize].pop_due_lease(now) {
+            if Self::version_of(&self.slots, item) {
+                scratch.push(item);
+            }
+        }
+        // Reclaimed messages go back to the front, earliest deadline first,
+        // since they were published before anything now waiting.
+        for item in scratch.drain(..).rev() {
+            self.make_ready_front(item.slot);
+            moved += 1;
+        }
+        self.scratch = scratch;
+        moved
+    }
+
+    /// Leases up to `max` ready messages from `qs`, round-robin starting at
+    /// a queue that moves by one on every call.
+    pub fn take(
+        &mut self,
+        qs: &[u32],
+        max: usize,
+        lease: Duration,
+        now: Instant,
+    ) -> (Vec<Taken>, Wake) {
+        let mut available = 0;
+        for &q in qs {
+            self.promote(q, now);
+            available += self.queues[q as usize].ready;
+        }
+        if available == 0 || qs.is_empty() {
+            return (Vec::new(), Wake::default());
+        }
+        let deadline = add(now, lease);
+        let n = qs.len();
+        let start = self.rotate % n;
+        self.rotate = self.rotate.wrapping_add(1);
+        let mut out = Vec::with_capacity(max.min(available));
+        let mut progress = true;
+        while progress && out.len() < max {
+            progress = false;
+            for k in 0..n {
+                let q = qs[(start + k) % n];
+                if let Some(t) = self.lease_one(q, deadline) {
+                    out.push(t);
+                    progress = true;
+                    if out.len() == max {
+                        break;
+                    }
+                }
+            }
+        }
+        let left = qs.iter().any(|&q| self.queues[q as usize].ready > 0);
+        let wake = Wake {
+            fetchers: self.waiters > 0 && (left || self.wakes_at(deadline)),
+            idle: false,
+        };
+        (out, wake)
+    }
+
+    fn lease_one(&mut self, q: u32, deadline: Instant) -> Option<Taken> {
+        let slots = &self.slots;
+        let item = self.queues[q as usize].pop_ready(|i| Self::version_of(slots, i))?;
+        self.last_token += 1;
+        let token = self.last_token;
+        let entry = self.slots[item.slot as usize].entry.as_mut()?;
+        entry.phase = Phase::Leased;
+        entry.token = token;
+        entry.deadline = deadline;
+        entry.deliveries = entry.deliveries.saturating_add(1);
+        let taken_message = entry.message.clone();
+        let deliveries = entry.deliveries;
+        let item = self.bump(item.slot);
+        let slots = &self.slots;
+        let queue = &mut self.queues[q as usize];
+        queue.ready -= 1;
+        queue.leased += 1;
+        queue.push_lease(
+            Timed {
+                at: deadline,
+                seq: token,
+                item,
+            },
+            |i| Self::version_of(slots, i),
+        );
+        Some(Taken {
+            lease: Lease {
+                id: taken_message.id().clone(),
+                queue: queue.name.clone(),
+                token,
+                receipt: u64::from(item.slot),
+            },
+            message: taken_message,
+            deliveries,
+        })
+    }
+
+    /// Returns the earliest instant a message of `qs` may become ready by
+    /// itself (an eta or a lease deadline).
+    pub fn next_due(&self, qs: &[u32]) -> Option<Instant> {
+        qs.iter()
+            .filter_map(|&q| self.queues[q as usize].next_due())
+            .min()
+    }
+
+    // ----- settle and extend ------------------------------------------------
+
+    /// Returns the slot a lease (`receipt`, `token`) still holds.
+    pub fn holder(&self, receipt: u64, token: u64) -> Option<u32> {
+        u32::try_from(receipt).ok().filter(|&slot| {
+            self.slots
+                .get(slot as usize)
+                .and_then(|s| s.entry.as_ref())
+                .is_some_and(|e| e.token != 0 && e.token == token)
+        })
+    }
+
+    /// Acknowledges: removes the message. Returns it (to drop unlocked).
+    pub fn ack(&mut self, slot: u32) -> (Option<Entry>, Wake) {
+        let entry = self.remove(slot);
+        (entry, self.idle_wake())
+    }
+
+    /// Replaces the message by `next`, in one step.
+    pub fn retry(&mut self, slot: u32, next: Pending) -> (Option<Entry>, Wake) {
+        let old = self.remove(slot);
+        let revoked = old.as_ref().is_some_and(|e| e.revoked);
+        let q = self.queue_id(next.message.queue());
+        let wake = self.insert(next, q, revoked);
+        (old, wake)
+    }
+
+    /// Hands the message back: ready now, at the front of its level.
+    pub fn release(&mut self, slot: u32) -> Wake {
+        if let Some(entry) = self.entry_mut(slot) {
+            // The attempt is over: its token no longer holds anything.
+            entry.token = 0;
+        }
+        self.make_ready_front(slot);
+        Wake {
+            fetchers: self.waiters > 0,
+            idle: false,
+        }
+    }
+
+    /// Moves the message to the dead-letter list. Encodes it first, so a
+    /// failure to encode changes nothing.
+    pub fn dead_letter(
+        &mut self,
+        slot: u32,
+        reason: String,
+    ) -> Result<(Option<Entry>, Wake), Error> {
+        let raw = match self.slots.get(slot as usize).and_then(|s| s.entry.as_ref()) {
+            Some(e) => codec::encode(&e.message)?,
+            None => Vec::new(),
+        };
+        let entry = self.remove(slot);
+        if let Some(e) = &entry {
+            self.dead.push_back(DeadLetter {
+                id: e.message.id().clone(),
+                task: e.message.headers.task.clone(),
+                queue: self.queues[e.queue as usize].name.to_string(),
+                reason,
+                at: Utc::now(),
+                raw,
+            });
+        }
+        Ok((entry, self.idle_wake()))
+    }
+
+    fn idle_wake(&self) -> Wake {
+        Wake {
+            fetchers: false,
+            idle: self.live == 0,
+        }
+    }
+
+    /// Extends each lease still held to `now + by`.
+    pub fn extend(
+        &mut self,
+        leases: &[(u64, u64)],
+        by: Duration,
+        now: Instant,
+    ) -> (Vec<LeaseStatus>, Wake) {
+        let deadline = add(now, by);
+        let mut out = Vec::with_capacity(leases.len());
+        let mut extended = false;
+        for &(receipt, token) in leases {
+            let Some(slot) = self.holder(receipt, token) else {
+                out.push(LeaseStatus::Lost);
+                continue;
+            };
+            let Some(entry) = self.entry_mut(slot) else {
+                out.push(LeaseStatus::Lost);
+                continue;
+            };
+            let (q, was, revoked) = (entry.queue, entry.phase, entry.revoked);
+            entry.phase = Phase::Leased;
+            entry.deadline = deadline;
+            let item = self.bump(slot);
+            let slots = &self.slots;
+            let queue = &mut self.queues[q as usize];
+            // An expired lease that was reclaimed but not yet leased again is
+            // still this attempt's: take it back out of the ready list.
+            if was == Phase::Ready {
+                queue.ready -= 1;
+                queue.leased += 1;
+            }
+            queue.push_lease(
+                Timed {
+                    at: deadline,
+                    seq: token,
+                    item,
+                },
+                |i| Self::version_of(slots, i),
+            );
+            extended = true;
+            out.push(if revoked {
+                LeaseStatus::Revoked
+            } else {
+                LeaseStatus::Held
+            });
+        }
+        let wake = Wake {
+            fetchers: extended && self.wakes_at(deadline),
+            idle: false,
+        };
+        (out, wake)
+    }
+
+    // ----- admin ------------------------------------------------------------
+
+    /// Revokes every stored message with this id.
+    pub fn revoke(&mut self, id: &TaskId) -> (Revoked, Vec<Entry>, Wake) {
+        let mut removed = Vec::new();
+        let mut running = false;
+        for slot in self.slots_of(id) {
+            let Some(entry) = self.entry_mut(slot) else {
+                continue;
+            };
+            match entry.phase {
+                Phase::Leased => {
+                    entry.revoked = true;
+                    running = true;
+                }
+                Phase::Ready | Phase::Delayed => removed.extend(self.remove(slot)),
+            }
+        }
+        let outcome = if running {
+            Revoked::Running
+        } else if !removed.is_empty() {
+            Revoked::Removed
+        } else {
+            self.remember(id);
+            Revoked::Unknown
+        };
+        (outcome, removed, self.idle_wake())
+    }
+
+    fn remember(&mut self, id: &TaskId) {
+        if self.remembered.insert(id.clone()) {
+            self.remembered_order.push_back(id.clone());
+            if self.remembered_order.len() > REMEMBERED_REVOKES {
+                if let Some(old) = self.remembered_order.pop_front() {
+                    self.remembered.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// Returns every queue's depth, reclaiming expired leases first so the
+    /// numbers are current.
+    pub fn stats(&mut self, now: Instant) -> (Vec<QueueStats>, Wake) {
+        let mut moved = 0;
+        for q in 0..self.queues.len() as u32 {
+            moved += self.promote(q, now);
+        }
+        let stats = self
+            .queues
+            .iter()
+            .map(|q| QueueStats {
+                queue: q.name.to_string(),
+                ready: q.ready as u64,
+                delayed: q.delayed as u64,
+                leased: q.leased as u64,
+            })
+            .collect();
+        let wake = Wake {
+            fetchers: moved > 0 && self.waiters > 0,
+            idle: false,
+        };
+        (stats, wake)
+    }
+
+    /// Removes the ready and delayed messages of a queue (not leased ones).
+    pub fn purge(&mut self, name: &str, now: Instant) -> (u64, Vec<Entry>, Wake) {
+        let Some(&q) = self.queue_ids.get(name) else {
+            return (0, Vec::new(), Wake::default());
+        };
+        self.promote(q, now);
+        let queue = &mut self.queues[q as usize];
+        let mut items = queue.drain_ready();
+        items.extend(queue.drain_delays());
+        let mut removed = Vec::new();
+        for item in items {
+            if Self::version_of(&self.slots, item) {
+                removed.extend(self.remove(item.slot));
+            }
+        }
+        (removed.len() as u64, removed, self.idle_wake())
+    }
+
+    /// Lists up to `limit` dead letters, oldest first.
+    pub fn dead_letters(&self, limit: usize) -> Vec<DeadLetter> {
+        self.dead.iter().take(limit).cloned().collect()
+    }
+
+    /// Puts dead letters back on their queues (all of them for `None`).
+    ///
+    /// A dead letter whose bytes do not decode stays where it is. The
+    /// republish is all or none, like any publish.
+    pub fn replay(&mut self, ids: Option<&[TaskId]>, now: Instant) -> Result<(u64, Wake), Error> {
+        let wanted: Option<FastSet<&TaskId>> = ids.map(|ids| ids.iter().collect());
+        let mut picked = Vec::new();
+        let mut batch = Vec::new();
+        let mut now_utc = None;
+        for (i, dl) in self.dead.iter().enumerate() {
+            if wanted.as_ref().is_some_and(|w| !w.contains(&dl.id)) {
+                continue;
+            }
+            let Ok(mut message) = codec::decode(&dl.raw) else {
+                continue;
+            };
+            message.set_queue(dl.queue.clone());
+            picked.push(i);
+            batch.push(Pending::new(message, now, &mut now_utc));
+        }
+        let count = batch.len() as u64;
+        let wake = self.publish(batch)?;
+        // Remove the replayed ones, back to front so indices stay valid.
+        for i in picked.into_iter().rev() {
+            self.dead.remove(i);
+        }
+        Ok((count, wake))
+    }
+
+    /// Deletes every dead letter.
+    pub fn purge_dead_letters(&mut self) -> u64 {
+        let n = self.dead.len() as u64;
+        self.dead.clear();
+        n
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn pending(queue: &str) -> Pending {
+        let mut m = Message::new("t", vec![], Default::default());
+        m.set_queue(queue);
+        Pending::new(m, Instant::now(), &mut None)
+    }
+
+    #[test]
+    fn lease_heap_stays_bounded_under_many_settles() {
+        let mut s = Store::new(None);
+        let q = s.queue_id("q");
+        for _ in 0..10_000 {
+            s.publish(vec![pending("q")]).unwrap();
+            let (taken, _) = s.take(&[q], 1, Duration::from_secs(60), Instant::now());
+            let lease = &taken[0].lease;
+            let slot = s.holder(lease.receipt, lease.token).unwrap();
+            s.ack(slot);
+        }
+        // Each settle leaves a stale lease reference behind until compaction.
+        assert!(s.queues[q as usize].next_due().is_some());
+        assert_eq!(s.slots.len(), 1, "slots are reused");
+        assert!(s.is_idle());
+    }
+
+    #[test]
+    fn duplicate_ids_are_all_indexed() {
+        let mut s = Store::new(None);
+        let m = Message::new("t", vec![], Default::default());
+        let id = m.id().clone();
+        let now = Instant::now();
+        s.publish(vec![
+            Pending::new(m.clone(), now, &mut None),
+            Pending::new(m, now, &mut None),
+        ])
+        .unwrap();
+        assert_eq!(s.slots_of(&id).len(), 2);
+        let (outcome, removed, wake) = s.revoke(&id);
+        assert_eq!(outcome, Revoked::Removed);
+        assert_eq!(removed.len(), 2);
+        assert!(wake.idle);
+        assert!(s.slots_of(&id).is_empty());
+    }
+}
