@@ -1,0 +1,318 @@
+//! One attempt: decode, route to the handler, enforce time limits, capture
+//! panics, turn the outcome into a settlement, settle.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use celeriac_core::{
+    Delivery, ErrorKind, ExceptionInfo, Lease, Message, Settlement, TaskErrorKind, TaskResult,
+    TaskState,
+};
+use chrono::Utc;
+use futures::FutureExt;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::lease::LeaseTable;
+use super::WorkerStats;
+use crate::app::App;
+use crate::registry::CallError;
+use crate::task::TaskContext;
+
+/// What every attempt of one worker shares.
+pub(crate) struct Env {
+    pub(crate) app: App,
+    pub(crate) worker: String,
+    pub(crate) leases: LeaseTable,
+    pub(crate) stats: Arc<WorkerStats>,
+    /// Fires on a hard stop: running tasks are dropped and handed back.
+    pub(crate) hard: CancellationToken,
+}
+
+/// How an attempt ended, before it becomes a settlement.
+enum Ending {
+    Success(Value),
+    Failure(ExceptionInfo, Option<String>),
+    Retry(Box<Message>, ExceptionInfo),
+    Revoked(&'static str),
+    DeadLetter(String, Option<ExceptionInfo>),
+    Release,
+    /// The lease was lost; another attempt owns the task. Nothing to settle.
+    Lost,
+}
+
+/// Runs one delivery to its settlement. Never panics, never returns an
+/// error: every problem ends in a settlement or a log line.
+pub(crate) async fn run(env: Arc<Env>, delivery: Delivery) {
+    let Delivery {
+        message,
+        lease,
+        deliveries,
+    } = delivery;
+    let message = match message {
+        Ok(m) => m,
+        Err(e) => {
+            let reason = e.chain_text();
+            tracing::error!(task_id = %lease.id, queue = %lease.queue, %reason, "malformed message dead-lettered");
+            let result = (!lease.id.as_str().is_empty()).then(|| {
+                TaskResult::failure(
+                    lease.id.clone(),
+                    &ExceptionInfo::new("MalformedMessage", "celeriac", reason.clone()),
+                    None,
+                )
+            });
+            settle(&env, &lease, None, Ending::DeadLetter(reason, None), result).await;
+            return;
+        }
+    };
+    let ending = attempt(&env, &lease, &message, deliveries).await;
+    settle(&env, &lease, Some(&message), ending, None).await;
+}
+
+async fn attempt(env: &Env, lease: &Lease, message: &Message, deliveries: u32) -> Ending {
+    let name = message.headers.task.as_str();
+    if message.is_expired(Utc::now()) {
+        tracing::info!(task_id = %lease.id, task = name, "task expired before it ran");
+        return Ending::Revoked("expired");
+    }
+    let Some(handler) = env.app.registry().get(name) else {
+        tracing::error!(task_id = %lease.id, task = name, "unknown task dead-lettered");
+        let reason = format!("unknown task `{name}`: not registered in this worker");
+        let exc = ExceptionInfo::new("NotRegistered", "celery.exceptions", format!("'{name}'"));
+        return Ending::DeadLetter(reason, Some(exc));
+    };
+    let options = handler.options();
+    let cancel = CancellationToken::new();
+    let held = env.leases.insert(lease.clone(), cancel.clone());
+    let ctx = TaskContext {
+        id: message.headers.id.clone(),
+        name: name.to_owned(),
+        retries: message.headers.retries,
+        deliveries,
+        queue: lease.queue.to_string(),
+        cancel: cancel.clone(),
+        app: env.app.clone(),
+    };
+    let soft = secs(message.headers.timelimit.soft).or(options.soft_time_limit);
+    let hard = secs(message.headers.timelimit.hard).or(options.time_limit);
+    let body = &message.body;
+    let fut = handler.call(ctx, body.args.clone(), body.kwargs.clone());
+    let fut = AssertUnwindSafe(fut).catch_unwind();
+    let soft_timer = async {
+        match soft {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    let hard_timer = async {
+        match hard {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(fut, soft_timer, hard_timer);
+    let mut soft_fired = false;
+    let outcome = loop {
+        tokio::select! {
+            biased;
+            out = &mut fut => break Some(out),
+            () = env.hard.cancelled() => break None,
+            () = &mut hard_timer => {
+                env.leases.remove(lease.token);
+                let limit = hard.unwrap_or_default();
+                return Ending::Failure(
+                    ExceptionInfo::new("TimeLimitExceeded", "billiard.exceptions", format!("TimeLimitExceeded({})", limit.as_secs_f64())),
+                    Some(format!("task exceeded its hard time limit of {limit:?} and was stopped")),
+                );
+            }
+            () = &mut soft_timer, if !soft_fired => {
+                soft_fired = true;
+                tracing::info!(task_id = %lease.id, "soft time limit: cancellation signalled");
+                cancel.cancel();
+            }
+        }
+    };
+    env.leases.remove(lease.token);
+    let Some(outcome) = outcome else {
+        return Ending::Release;
+    };
+    if held.lost.load(Ordering::Acquire) {
+        return Ending::Lost;
+    }
+    if held.revoked.load(Ordering::Acquire) {
+        return Ending::Revoked("revoked");
+    }
+    match outcome {
+        Ok(Ok(value)) => Ending::Success(value),
+        Ok(Err(CallError::Args(e))) => {
+            let reason = format!("bad arguments for `{name}`: {e}");
+            let exc = ExceptionInfo::new("TypeError", "builtins", format!("{name}() {e}"));
+            Ending::DeadLetter(reason, Some(exc))
+        }
+        Ok(Err(CallError::Encode(e))) => Ending::Failure(
+            ExceptionInfo::new("EncodeError", "kombu.exceptions", format!("cannot encode the return value: {e}")),
+            None,
+        ),
+        Ok(Err(CallError::Task(err))) => {
+            let exc = err.exception().clone();
+            let tb = err.traceback().map(str::to_owned);
+            let retries = message.headers.retries;
+            let within = retries < options.max_retries;
+            let delay = match err.kind() {
+                TaskErrorKind::Retry { after } if within => {
+                    Some(after.unwrap_or_else(|| options.retry_policy.delay(retries)))
+                }
+                TaskErrorKind::Retry { .. } => {
+                    return Ending::Failure(
+                        ExceptionInfo::new(
+                            "MaxRetriesExceededError",
+                            "celery.exceptions",
+                            format!("Can't retry {name}[{}] args:{:?} kwargs:{:?}", message.id(), body.args, body.kwargs),
+                        ),
+                        tb,
+                    )
+                }
+                TaskErrorKind::Fail if within => Some(options.retry_policy.delay(retries)),
+                _ => None,
+            };
+            match delay {
+                Some(d) => Ending::Retry(Box::new(next_attempt(message, d)), exc),
+                None => Ending::Failure(exc, tb),
+            }
+        }
+        Err(panic) => {
+            let text = panic_text(&panic);
+            tracing::error!(task_id = %lease.id, task = name, panic = %text, "task panicked");
+            Ending::Failure(
+                ExceptionInfo::new("Panic", "celeriac", text.clone()),
+                Some(format!("task panicked: {text}")),
+            )
+        }
+    }
+}
+
+/// Returns the next delivery of a retried task: same id, one more retry,
+/// not before `delay` from now.
+fn next_attempt(message: &Message, delay: Duration) -> Message {
+    let mut next = message.clone();
+    next.headers.retries += 1;
+    next.headers.eta = chrono::Duration::from_std(delay).ok().map(|d| Utc::now() + d);
+    next
+}
+
+fn secs(v: Option<f64>) -> Option<Duration> {
+    v.filter(|s| s.is_finite() && *s > 0.0)
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+}
+
+fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-text payload".to_owned()
+    }
+}
+
+/// Turns an ending into a settlement (storing the result with it, or
+/// before it when results live elsewhere) and settles.
+async fn settle(
+    env: &Env,
+    lease: &Lease,
+    message: Option<&Message>,
+    ending: Ending,
+    preset: Option<TaskResult>,
+) {
+    let id = lease.id.clone();
+    let ignore = message.is_some_and(|m| m.headers.ignore_result);
+    let stats = &env.stats;
+    let (settlement, result) = match ending {
+        Ending::Lost => {
+            stats.lease_lost.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        Ending::Release => {
+            stats.released.fetch_add(1, Ordering::Relaxed);
+            (Settlement::Release, None)
+        }
+        Ending::Success(v) => {
+            stats.succeeded.fetch_add(1, Ordering::Relaxed);
+            (Settlement::Ack { result: None }, (!ignore).then(|| TaskResult::success(id.clone(), v)))
+        }
+        Ending::Failure(exc, tb) => {
+            stats.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(task_id = %id, error = %exc, "task failed");
+            (Settlement::Ack { result: None }, (!ignore).then(|| TaskResult::failure(id.clone(), &exc, tb)))
+        }
+        Ending::Revoked(reason) => {
+            stats.revoked.fetch_add(1, Ordering::Relaxed);
+            (Settlement::Ack { result: None }, Some(TaskResult::revoked(id.clone(), reason)))
+        }
+        Ending::Retry(next, exc) => {
+            stats.retried.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(task_id = %id, retries = next.headers.retries, eta = ?next.headers.eta, error = %exc, "task will retry");
+            let r = TaskResult::new(id.clone(), TaskState::Retry, exc.to_value(), None);
+            (Settlement::Retry { message: next, result: None }, (!ignore).then_some(r))
+        }
+        Ending::DeadLetter(reason, exc) => {
+            stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            stats.failed.fetch_add(1, Ordering::Relaxed);
+            let r = preset.or_else(|| exc.map(|e| TaskResult::failure(id.clone(), &e, Some(reason.clone()))));
+            (Settlement::DeadLetter { reason, result: None }, r)
+        }
+    };
+    let result = result.map(|mut r| {
+        r.name = message.map(|m| m.headers.task.clone());
+        r.retries = message.map(|m| m.headers.retries);
+        r.worker = Some(env.worker.clone());
+        r
+    });
+    let settlement = attach(env, settlement, result).await;
+    let broker = env.app.broker();
+    let mut pause = Duration::from_millis(20);
+    for attempt in 0..5 {
+        match broker.settle(lease, settlement.clone()).await {
+            Ok(()) => return,
+            Err(e) if e.kind() == ErrorKind::LeaseLost => {
+                stats.lease_lost.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(task_id = %id, "settle refused: the lease was lost to another attempt");
+                return;
+            }
+            Err(e) if attempt < 4 && e.kind().is_transient() => {
+                tracing::warn!(task_id = %id, error = %e.chain_text(), "settle failed; trying again");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+            Err(e) => {
+                // The lease will run out and the message be delivered again.
+                tracing::error!(task_id = %id, error = %e.chain_text(), "settle failed; the task will be redelivered");
+                return;
+            }
+        }
+    }
+}
+
+/// Puts the result into the settlement when the broker stores results,
+/// or stores it in the separate backend first (then settles without it).
+async fn attach(env: &Env, settlement: Settlement, result: Option<TaskResult>) -> Settlement {
+    let Some(result) = result else {
+        return settlement;
+    };
+    if env.app.results_in_broker() {
+        return match settlement {
+            Settlement::Ack { .. } => Settlement::Ack { result: Some(result) },
+            Settlement::Retry { message, .. } => Settlement::Retry { message, result: Some(result) },
+            Settlement::DeadLetter { reason, .. } => Settlement::DeadLetter { reason, result: Some(result) },
+            other => other,
+        };
+    }
+    if let Some(backend) = env.app.backend() {
+        if let Err(e) = backend.store(result).await {
+            tracing::error!(error = %e.chain_text(), "storing the result failed");
+        }
+    }
+    settlement
+}

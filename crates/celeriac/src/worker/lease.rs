@@ -1,0 +1,100 @@
+//! The table of leases this worker holds, and the heartbeat that renews
+//! them so a long task never runs twice.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use celeriac_core::broker::DynBroker;
+use celeriac_core::{Lease, LeaseStatus};
+use tokio_util::sync::CancellationToken;
+
+/// One running attempt, as the heartbeat sees it.
+#[derive(Debug)]
+pub(crate) struct Held {
+    pub(crate) lease: Lease,
+    /// The task's cancellation signal.
+    pub(crate) cancel: CancellationToken,
+    /// Set when the broker reports the task revoked.
+    pub(crate) revoked: AtomicBool,
+    /// Set when the broker reports the lease lost.
+    pub(crate) lost: AtomicBool,
+}
+
+/// Leases held by this worker, keyed by fencing token.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LeaseTable {
+    inner: Arc<Mutex<HashMap<u64, Arc<Held>>>>,
+}
+
+impl LeaseTable {
+    pub(crate) fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Arc<Held>>> {
+        // A panic while holding this lock cannot leave the map inconsistent
+        // (every operation is a single insert, remove or clone).
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn insert(&self, lease: Lease, cancel: CancellationToken) -> Arc<Held> {
+        let held = Arc::new(Held {
+            lease,
+            cancel,
+            revoked: AtomicBool::new(false),
+            lost: AtomicBool::new(false),
+        });
+        self.lock().insert(held.lease.token, held.clone());
+        held
+    }
+
+    pub(crate) fn remove(&self, token: u64) {
+        self.lock().remove(&token);
+    }
+
+    fn snapshot(&self) -> Vec<Arc<Held>> {
+        self.lock().values().cloned().collect()
+    }
+}
+
+/// Renews every held lease each third of the lease length, until aborted.
+/// A lost lease cancels its task (its settle would be refused anyway); a
+/// revoked one cancels it with the revoked flag set.
+pub(crate) async fn heartbeat(broker: Arc<dyn DynBroker>, table: LeaseTable, lease: Duration) {
+    let period = lease / 3;
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let held = table.snapshot();
+        if held.is_empty() {
+            continue;
+        }
+        let leases: Vec<Lease> = held.iter().map(|h| h.lease.clone()).collect();
+        match broker.extend(&leases, lease).await {
+            Ok(statuses) => {
+                for (h, status) in held.iter().zip(statuses) {
+                    match status {
+                        LeaseStatus::Held => {}
+                        LeaseStatus::Revoked => {
+                            tracing::info!(task_id = %h.lease.id, "task revoked while running");
+                            h.revoked.store(true, Ordering::Release);
+                            h.cancel.cancel();
+                        }
+                        LeaseStatus::Lost => {
+                            tracing::warn!(task_id = %h.lease.id, "lease lost: another attempt owns the task");
+                            h.lost.store(true, Ordering::Release);
+                            h.cancel.cancel();
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e.chain_text(), "lease renewal failed; will try again");
+            }
+        }
+    }
+}

@@ -1,0 +1,348 @@
+//! The worker: fetches leased messages, runs them with a concurrency
+//! limit, renews their leases, and settles each attempt.
+//!
+//! # Layout
+//!
+//! | file | part |
+//! |---|---|
+//! | `mod.rs` | [`WorkerBuilder`], [`WorkerHandle`] and the fetch loop |
+//! | `execute.rs` | one attempt: decode, route to the handler, time limits, panic capture, outcome, settle |
+//! | `lease.rs` | the table of held leases and the heartbeat that extends them |
+//! | `shutdown.rs` | two-phase shutdown on SIGINT/SIGTERM |
+//!
+//! The worker holds at most `concurrency` messages: it takes permits before
+//! it fetches, so nothing waits in memory while its lease runs down.
+
+mod execute;
+mod lease;
+mod shutdown;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use celeriac_core::{Error, FetchRequest};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::app::App;
+
+pub use shutdown::shutdown_signal;
+
+/// Counts of what a worker did, readable while it runs.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    /// Attempts that ended in `SUCCESS`.
+    pub succeeded: AtomicU64,
+    /// Attempts that ended in `FAILURE` (including dead-lettered ones).
+    pub failed: AtomicU64,
+    /// Attempts that asked for a retry.
+    pub retried: AtomicU64,
+    /// Messages moved to the dead-letter queue.
+    pub dead_lettered: AtomicU64,
+    /// Messages not run because they had expired or were revoked.
+    pub revoked: AtomicU64,
+    /// Messages handed back at shutdown.
+    pub released: AtomicU64,
+    /// Settles refused because the lease was lost (another attempt won).
+    pub lease_lost: AtomicU64,
+}
+
+impl WorkerStats {
+    /// Returns the number of attempts that finished (success or failure).
+    pub fn finished(&self) -> u64 {
+        self.succeeded.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed)
+    }
+}
+
+/// Worker settings, built by [`App::worker`].
+///
+/// ```no_run
+/// # async fn demo(app: celeriac::App) -> Result<(), celeriac::Error> {
+/// app.worker().concurrency(64).queues(["celery", "emails"]).run().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct WorkerBuilder {
+    app: App,
+    pub(crate) name: String,
+    pub(crate) queues: Vec<String>,
+    pub(crate) concurrency: usize,
+    pub(crate) prefetch: usize,
+    pub(crate) lease: Duration,
+    pub(crate) grace: Duration,
+    pub(crate) fetch_wait: Duration,
+}
+
+impl WorkerBuilder {
+    pub(crate) fn new(app: App) -> Self {
+        let host = hostname::get()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "localhost".to_owned());
+        WorkerBuilder {
+            app,
+            name: format!("celeriac@{host}"),
+            queues: vec![celeriac_core::DEFAULT_QUEUE.to_owned()],
+            concurrency: 64,
+            prefetch: 256,
+            lease: Duration::from_secs(30),
+            grace: Duration::from_secs(30),
+            fetch_wait: Duration::from_secs(1),
+        }
+    }
+
+    /// Sets how many tasks run at once (default 64).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// Sets the most messages fetched in one round trip (default 256). The
+    /// worker never holds more than `concurrency` messages.
+    pub fn prefetch(mut self, n: usize) -> Self {
+        self.prefetch = n.max(1);
+        self
+    }
+
+    /// Sets the queues to consume, fairly (default `celery`).
+    pub fn queues<I, S>(mut self, queues: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.queues = queues.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets the node name shown in results and logs.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Sets the lease length (default 30 s). Leases are renewed every third
+    /// of it while a task runs; a dead worker's tasks return after it.
+    pub fn lease(mut self, d: Duration) -> Self {
+        self.lease = d.max(Duration::from_millis(30));
+        self
+    }
+
+    /// Sets how long running tasks may finish after a shutdown request
+    /// before they are cancelled and handed back (default 30 s).
+    pub fn grace(mut self, d: Duration) -> Self {
+        self.grace = d;
+        self
+    }
+
+    /// Sets how long one fetch waits for a message (default 1 s).
+    pub fn fetch_wait(mut self, d: Duration) -> Self {
+        self.fetch_wait = d;
+        self
+    }
+
+    /// Runs until SIGINT or SIGTERM, then shuts down in two phases: a
+    /// second signal, or the grace period, stops hard.
+    pub async fn run(self) -> Result<Arc<WorkerStats>, Error> {
+        let handle = self.spawn();
+        let soft = handle.soft.clone();
+        let hard = handle.hard.clone();
+        let signals = tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("shutdown requested: finishing running tasks");
+            soft.cancel();
+            shutdown_signal().await;
+            tracing::warn!("second signal: stopping now");
+            hard.cancel();
+        });
+        let out = handle.join().await;
+        signals.abort();
+        out
+    }
+
+    /// Runs until `shutdown` completes, then shuts down in two phases.
+    pub async fn run_until(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<Arc<WorkerStats>, Error> {
+        let handle = self.spawn();
+        shutdown.await;
+        handle.stop();
+        handle.join().await
+    }
+
+    /// Starts the worker in the background and returns its handle.
+    pub fn spawn(self) -> WorkerHandle {
+        let soft = CancellationToken::new();
+        let hard = CancellationToken::new();
+        let stats = Arc::new(WorkerStats::default());
+        let grace = self.grace;
+        let task = tokio::spawn(run_worker(self, soft.clone(), hard.clone(), stats.clone()));
+        WorkerHandle {
+            soft,
+            hard,
+            stats,
+            grace,
+            task,
+        }
+    }
+}
+
+/// A running worker.
+#[derive(Debug)]
+pub struct WorkerHandle {
+    soft: CancellationToken,
+    hard: CancellationToken,
+    stats: Arc<WorkerStats>,
+    grace: Duration,
+    task: tokio::task::JoinHandle<Result<(), Error>>,
+}
+
+impl WorkerHandle {
+    /// Returns the live counters.
+    pub fn stats(&self) -> &Arc<WorkerStats> {
+        &self.stats
+    }
+
+    /// Asks for a graceful stop: no more fetching; running tasks finish
+    /// within the grace period, then are cancelled and handed back.
+    pub fn stop(&self) {
+        self.soft.cancel();
+    }
+
+    /// Stops at once: running tasks are cancelled and their messages handed
+    /// back for immediate redelivery.
+    pub fn stop_now(&self) {
+        self.soft.cancel();
+        self.hard.cancel();
+    }
+
+    /// Waits for the worker to end.
+    pub async fn join(self) -> Result<Arc<WorkerStats>, Error> {
+        let hard = self.hard.clone();
+        let grace = self.grace;
+        let soft = self.soft.clone();
+        // Arms the hard stop once the grace period after a soft stop ends.
+        let timer = tokio::spawn(async move {
+            soft.cancelled().await;
+            tokio::time::sleep(grace).await;
+            hard.cancel();
+        });
+        let out = self.task.await;
+        timer.abort();
+        match out {
+            Ok(Ok(())) => Ok(self.stats),
+            Ok(Err(e)) => Err(e),
+            Err(join) => Err(Error::with_source(
+                celeriac_core::ErrorKind::Other,
+                "worker task failed",
+                join,
+            )),
+        }
+    }
+}
+
+async fn run_worker(
+    cfg: WorkerBuilder,
+    soft: CancellationToken,
+    hard: CancellationToken,
+    stats: Arc<WorkerStats>,
+) -> Result<(), Error> {
+    let app = cfg.app.clone();
+    let broker = app.broker().clone();
+    let permits = Arc::new(Semaphore::new(cfg.concurrency));
+    let tracker = TaskTracker::new();
+    let leases = lease::LeaseTable::new();
+    let heartbeat = tokio::spawn(lease::heartbeat(
+        broker.clone(),
+        leases.clone(),
+        cfg.lease,
+    ));
+    let req = FetchRequest {
+        queues: cfg.queues.clone().into(),
+        max: cfg.prefetch,
+        lease: cfg.lease,
+        wait: cfg.fetch_wait,
+    };
+    let env = Arc::new(execute::Env {
+        app: app.clone(),
+        worker: cfg.name.clone(),
+        leases: leases.clone(),
+        stats: stats.clone(),
+        hard: hard.clone(),
+    });
+    tracing::info!(worker = %cfg.name, queues = ?cfg.queues, concurrency = cfg.concurrency, "worker started");
+    let mut backoff = Duration::from_millis(50);
+    'fetch: while !soft.is_cancelled() {
+        // Take every free permit (at least one) before fetching, so the
+        // worker never holds a message it cannot start.
+        let first = tokio::select! {
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            () = soft.cancelled() => break,
+        };
+        let mut held = vec![first];
+        while held.len() < cfg.prefetch {
+            match permits.clone().try_acquire_owned() {
+                Ok(p) => held.push(p),
+                Err(_) => break,
+            }
+        }
+        let mut req = req.clone();
+        req.max = held.len();
+        let deliveries = tokio::select! {
+            r = broker.fetch(&req) => r,
+            () = soft.cancelled() => break 'fetch,
+        };
+        let deliveries = match deliveries {
+            Ok(d) => {
+                backoff = Duration::from_millis(50);
+                d
+            }
+            Err(e) => {
+                tracing::warn!(error = %e.chain_text(), retry_in = ?backoff, "fetch failed");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {},
+                    () = soft.cancelled() => break 'fetch,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        for delivery in deliveries {
+            let Some(permit) = held.pop() else {
+                // The broker returned more than asked; hand the rest back.
+                let lease = delivery.lease.clone();
+                if let Err(e) = broker.settle(&lease, celeriac_core::Settlement::Release).await {
+                    tracing::warn!(error = %e, "release of an extra delivery failed");
+                }
+                continue;
+            };
+            let env = env.clone();
+            tracker.spawn(async move {
+                execute::run(env, delivery).await;
+                drop(permit);
+            });
+        }
+    }
+    tracker.close();
+    tracker.wait().await;
+    heartbeat.abort();
+    tracing::info!(worker = %cfg.name, "worker stopped");
+    Ok(())
+}
+
+impl WorkerStats {
+    /// Returns a snapshot as plain numbers, in field order.
+    pub fn snapshot(&self) -> [u64; 7] {
+        [
+            self.succeeded.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            self.retried.load(Ordering::Relaxed),
+            self.dead_lettered.load(Ordering::Relaxed),
+            self.revoked.load(Ordering::Relaxed),
+            self.released.load(Ordering::Relaxed),
+            self.lease_lost.load(Ordering::Relaxed),
+        ]
+    }
+}
