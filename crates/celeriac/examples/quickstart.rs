@@ -34,15 +34,19 @@ async fn flaky(ctx: TaskContext, n: u64) -> Result<u64, TaskError> {
 /// CPU-bound work on the blocking pool, so it cannot stall the runtime.
 #[celeriac::task(name = "quickstart.checksum", blocking)]
 fn checksum(text: String) -> Result<u64, TaskError> {
-    Ok(text
-        .bytes()
-        .fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3)))
+    Ok(text.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+    }))
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut argv = std::env::args().skip(1);
-    let n: u64 = argv.next().map(|s| s.parse()).transpose()?.unwrap_or(20_000);
+    let n: u64 = argv
+        .next()
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(20_000);
     let db = argv.next().unwrap_or_else(|| "quickstart.db".to_owned());
 
     let app = App::builder()
@@ -79,16 +83,28 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     bar.finish_with_message(format!("done in {:.2?}", started.elapsed()));
 
     if let Some(r) = fibs.get(89) {
-        println!("fib(89)           = {}", r.get(Duration::from_secs(5)).await?);
+        println!(
+            "fib(89)           = {}",
+            r.get(Duration::from_secs(5)).await?
+        );
     }
     if let Some(r) = flakies.get(7) {
-        println!("flaky(7)          = {} (after a retry)", r.get(Duration::from_secs(5)).await?);
+        println!(
+            "flaky(7)          = {} (after a retry)",
+            r.get(Duration::from_secs(5)).await?
+        );
     }
     if let Some(r) = sums.first() {
-        println!("checksum(doc 0)   = {:#x}", r.get(Duration::from_secs(5)).await?);
+        println!(
+            "checksum(doc 0)   = {:#x}",
+            r.get(Duration::from_secs(5)).await?
+        );
     }
     println!("results are kept in {db}; inspect one with:");
-    println!("  cargo run -p celeriac-cli -- --broker sqlite://{db} inspect {}", fibs[0].id());
+    println!(
+        "  cargo run -p celeriac-cli -- --broker sqlite://{db} inspect {}",
+        fibs[0].id()
+    );
 
     worker.stop();
     let stats = worker.join().await?;

@@ -10,7 +10,6 @@ use celeriac_core::broker::DynBroker;
 use celeriac_core::{codec, Error, ErrorKind, Message, Revoked, TaskId, TaskResult};
 use celeriac_memory::MemoryBroker;
 
-
 use crate::registry::Registry;
 use crate::result::AsyncResult;
 use crate::signature::SendTask;

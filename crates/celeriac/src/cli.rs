@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+
 use serde_json::{Map, Value};
 
 use crate::app::AppBuilder;
@@ -101,7 +102,27 @@ impl AppBuilder {
     /// # }
     /// ```
     pub async fn run_cli(self) -> ExitCode {
-        let cli = Cli::parse();
+        self.run_cli_from(std::env::args_os()).await
+    }
+
+    /// Runs the commands of [`AppBuilder::run_cli`] on the given arguments
+    /// (the first is the program name), for tests and embedding.
+    pub async fn run_cli_from<I, T>(self, args: I) -> ExitCode
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let cli = match Cli::try_parse_from(args) {
+            Ok(cli) => cli,
+            Err(e) => {
+                let _ = e.print();
+                return if e.use_stderr() {
+                    ExitCode::from(2)
+                } else {
+                    ExitCode::SUCCESS
+                };
+            }
+        };
         init_tracing(&cli.loglevel);
         match run(self, cli).await {
             Ok(()) => ExitCode::SUCCESS,
@@ -167,7 +188,16 @@ async fn run(mut builder: AppBuilder, cli: Cli) -> Result<(), CliError> {
             tracing::info!(tasks = ?app.task_names(), broker = app.broker_url(), "registered tasks");
             let stats = w.run().await?;
             let [ok, failed, retried, dlq, revoked, released, lost] = stats.snapshot();
-            tracing::info!(ok, failed, retried, dlq, revoked, released, lost, "worker summary");
+            tracing::info!(
+                ok,
+                failed,
+                retried,
+                dlq,
+                revoked,
+                released,
+                lost,
+                "worker summary"
+            );
             Ok(())
         }
         Command::Send {

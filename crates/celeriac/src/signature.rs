@@ -193,10 +193,9 @@ impl<T: Task> Signature<T> {
 
     /// Builds the message without sending it.
     pub fn into_message(self, app: &App) -> Result<Message, Error> {
-        let (args, kwargs) = self
-            .args
-            .into_args()
-            .map_err(|e| Error::with_source(ErrorKind::InvalidInput, "cannot encode task arguments", e))?;
+        let (args, kwargs) = self.args.into_args().map_err(|e| {
+            Error::with_source(ErrorKind::InvalidInput, "cannot encode task arguments", e)
+        })?;
         Ok(self.options.build_message(app, T::NAME, args, kwargs))
     }
 

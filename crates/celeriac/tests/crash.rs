@@ -45,7 +45,12 @@ fn crash_child_entry_point() {
 
 fn spawn_child(url: &str) -> std::process::Child {
     std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "crash_child_entry_point", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "crash_child_entry_point",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_ENV, url)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -58,7 +63,12 @@ async fn sigkilled_workers_lose_nothing() {
     const TASKS: u64 = 3000;
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("crash.db").display());
-    let app = App::builder().broker(url.clone()).task(Work).build().await.unwrap();
+    let app = App::builder()
+        .broker(url.clone())
+        .task(Work)
+        .build()
+        .await
+        .unwrap();
     let results = app
         .send_many((0..TASKS).map(|i| Work::s((i,))))
         .await
@@ -87,7 +97,10 @@ async fn sigkilled_workers_lose_nothing() {
         progress.push(done().await);
     }
     // The killed workers made progress, and did not finish the work alone.
-    assert!(progress.iter().any(|&n| n > 0), "no progress before kills: {progress:?}");
+    assert!(
+        progress.iter().any(|&n| n > 0),
+        "no progress before kills: {progress:?}"
+    );
 
     // A last worker finishes the rest.
     let mut child = spawn_child(&url);

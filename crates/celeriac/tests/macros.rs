@@ -3,6 +3,9 @@
 //! the `call`/`s`/`delay` helpers, and tasks running on a worker over
 //! `memory://`.
 
+// Tests may unwrap: a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;

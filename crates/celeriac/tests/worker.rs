@@ -57,9 +57,12 @@ impl Task for Flaky {
     type Args = (String, u32);
     type Output = u32;
     fn options() -> TaskOptions {
-        TaskOptions::new(Self::NAME).max_retries(3).retry_policy(
-            RetryPolicy::exponential(Duration::from_millis(10), Duration::from_millis(50)),
-        )
+        TaskOptions::new(Self::NAME)
+            .max_retries(3)
+            .retry_policy(RetryPolicy::exponential(
+                Duration::from_millis(10),
+                Duration::from_millis(50),
+            ))
     }
     async fn run(ctx: TaskContext, (key, n): (String, u32)) -> Result<u32, TaskError> {
         bump(&key);
@@ -290,7 +293,10 @@ async fn explicit_retry_waits_its_delay(kind: &str) {
     let w = e.app.worker().spawn();
     let r = RetryLater::s((key,)).send(&e.app).await.unwrap();
     let gap_ms = r.get(WAIT).await.unwrap();
-    assert!(gap_ms >= 300, "the retry ran {gap_ms} ms after the first attempt");
+    assert!(
+        gap_ms >= 300,
+        "the retry ran {gap_ms} ms after the first attempt"
+    );
     w.stop_now();
     w.join().await.unwrap();
 }
@@ -352,7 +358,11 @@ async fn panic_is_a_failure_with_its_message(kind: &str) {
         other => panic!("expected a failure, got {other:?}"),
     }
     let after = Add::s((2, 2)).send(&e.app).await.unwrap();
-    assert_eq!(after.get(WAIT).await.unwrap(), 4, "the worker survived the panic");
+    assert_eq!(
+        after.get(WAIT).await.unwrap(),
+        4,
+        "the worker survived the panic"
+    );
     w.stop_now();
     w.join().await.unwrap();
 }
@@ -391,7 +401,13 @@ async fn hard_time_limit_stops_the_task(kind: &str) {
 async fn unknown_task_is_dead_lettered_and_the_worker_goes_on(kind: &str) {
     let e = env(kind).await;
     let w = e.app.worker().spawn();
-    let r = e.app.send_task("t.nobody").args(vec![json!(1)]).send().await.unwrap();
+    let r = e
+        .app
+        .send_task("t.nobody")
+        .args(vec![json!(1)])
+        .send()
+        .await
+        .unwrap();
     match r.get(WAIT).await {
         Err(GetError::Failed { exception, .. }) => assert_eq!(exception.exc_type, "NotRegistered"),
         other => panic!("expected a failure, got {other:?}"),
@@ -401,7 +417,11 @@ async fn unknown_task_is_dead_lettered_and_the_worker_goes_on(kind: &str) {
     let dead = e.app.broker().dead_letters(10).await.unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].id, *r.id());
-    assert!(dead[0].reason.contains("unknown task `t.nobody`"), "{}", dead[0].reason);
+    assert!(
+        dead[0].reason.contains("unknown task `t.nobody`"),
+        "{}",
+        dead[0].reason
+    );
     w.stop_now();
     w.join().await.unwrap();
 }
@@ -419,18 +439,29 @@ async fn wrong_argument_types_are_dead_lettered(kind: &str) {
     match r.get(WAIT).await {
         Err(GetError::Failed { exception, .. }) => {
             assert_eq!(exception.exc_type, "TypeError");
-            assert!(exception.exc_message.contains("argument `0`"), "{}", exception.exc_message);
+            assert!(
+                exception.exc_message.contains("argument `0`"),
+                "{}",
+                exception.exc_message
+            );
         }
         other => panic!("expected a failure, got {other:?}"),
     }
     let dead = e.app.broker().dead_letters(10).await.unwrap();
     assert_eq!(dead.len(), 1);
-    assert!(dead[0].reason.contains("bad arguments"), "{}", dead[0].reason);
+    assert!(
+        dead[0].reason.contains("bad arguments"),
+        "{}",
+        dead[0].reason
+    );
     // Replaying it without a fix fails the same way: nothing is lost.
     assert_eq!(e.app.broker().replay_dead_letters(None).await.unwrap(), 1);
     let again = e.app.result::<i64>(r.id().clone());
     wait_until_async(|| async { e.app.broker().dead_letters(10).await.unwrap().len() == 1 }).await;
-    assert!(matches!(again.get(WAIT).await, Err(GetError::Failed { .. })));
+    assert!(matches!(
+        again.get(WAIT).await,
+        Err(GetError::Failed { .. })
+    ));
     w.stop_now();
     w.join().await.unwrap();
 }
@@ -451,9 +482,15 @@ async fn oversized_payload_is_refused_at_send(kind: &str) {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::PayloadTooLarge);
-    assert!(err.to_string().contains("over the limit of 4096 bytes"), "{err}");
+    assert!(
+        err.to_string().contains("over the limit of 4096 bytes"),
+        "{err}"
+    );
     let stats = app.broker().queue_stats().await.unwrap();
-    assert!(stats.iter().all(|s| s.ready == 0), "nothing was queued: {stats:?}");
+    assert!(
+        stats.iter().all(|s| s.ready == 0),
+        "nothing was queued: {stats:?}"
+    );
 }
 
 async fn long_task_is_not_redelivered_while_its_lease_is_renewed(kind: &str) {
@@ -475,7 +512,10 @@ async fn hard_stop_hands_running_tasks_back(kind: &str) {
     let e = env(kind).await;
     let key = format!("handback-{kind}-{}", celeriac::TaskId::new());
     let w = e.app.worker().spawn();
-    let r = Stubborn::s((key.clone(), 60_000)).send(&e.app).await.unwrap();
+    let r = Stubborn::s((key.clone(), 60_000))
+        .send(&e.app)
+        .await
+        .unwrap();
     wait_until(|| count(&key) == 1).await;
     w.stop_now();
     let stats = w.join().await.unwrap();
@@ -514,10 +554,23 @@ async fn blocking_task_runs_on_the_pool(kind: &str) {
 async fn ignore_result_stores_nothing(kind: &str) {
     let e = env(kind).await;
     let w = e.app.worker().spawn();
-    let r = Add::s((1, 2)).ignore_result(true).send(&e.app).await.unwrap();
+    let r = Add::s((1, 2))
+        .ignore_result(true)
+        .send(&e.app)
+        .await
+        .unwrap();
     let marker = Add::s((0, 0)).send(&e.app).await.unwrap();
     assert_eq!(marker.get(WAIT).await.unwrap(), 0);
-    wait_until_async(|| async { e.app.broker().queue_stats().await.unwrap().iter().all(|s| s.ready + s.leased == 0) }).await;
+    wait_until_async(|| async {
+        e.app
+            .broker()
+            .queue_stats()
+            .await
+            .unwrap()
+            .iter()
+            .all(|s| s.ready + s.leased == 0)
+    })
+    .await;
     assert_eq!(r.state().await.unwrap(), TaskState::Pending);
     w.stop_now();
     w.join().await.unwrap();
@@ -608,4 +661,41 @@ where
         assert!(Instant::now() < deadline, "condition not met in {WAIT:?}");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_stored_message_is_dead_lettered_and_the_worker_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.db");
+    let url = format!("sqlite://{}", path.display());
+    let app = app_on(&url).await;
+    let raw = celeriac::sqlite::SqliteBroker::open(&path).await.unwrap();
+    raw.insert_raw_for_test("celery", "bad-1", b"{\"headers\": 12".to_vec())
+        .await
+        .unwrap();
+    raw.insert_raw_for_test(
+        "celery",
+        "bad-2",
+        br#"{"headers": {"task": "t.add", "id": "bad-2"}, "properties": {}, "body": [1, 2]}"#
+            .to_vec(),
+    )
+    .await
+    .unwrap();
+    let w = app.worker().spawn();
+    let after = Add::s((5, 5)).send(&app).await.unwrap();
+    assert_eq!(after.get(WAIT).await.unwrap(), 10, "the worker went on");
+    wait_until_async(|| async { app.broker().dead_letters(10).await.unwrap().len() == 2 }).await;
+    let dead = app.broker().dead_letters(10).await.unwrap();
+    for d in &dead {
+        assert!(d.reason.contains("malformed task message"), "{}", d.reason);
+    }
+    let bad2 = app.result::<serde_json::Value>("bad-2");
+    match bad2.get(WAIT).await {
+        Err(GetError::Failed { exception, .. }) => {
+            assert_eq!(exception.exc_type, "MalformedMessage")
+        }
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    w.stop_now();
+    w.join().await.unwrap();
 }

@@ -152,7 +152,11 @@ async fn attempt(env: &Env, lease: &Lease, message: &Message, deliveries: u32) -
             Ending::DeadLetter(reason, Some(exc))
         }
         Ok(Err(CallError::Encode(e))) => Ending::Failure(
-            ExceptionInfo::new("EncodeError", "kombu.exceptions", format!("cannot encode the return value: {e}")),
+            ExceptionInfo::new(
+                "EncodeError",
+                "kombu.exceptions",
+                format!("cannot encode the return value: {e}"),
+            ),
             None,
         ),
         Ok(Err(CallError::Task(err))) => {
@@ -169,7 +173,12 @@ async fn attempt(env: &Env, lease: &Lease, message: &Message, deliveries: u32) -
                         ExceptionInfo::new(
                             "MaxRetriesExceededError",
                             "celery.exceptions",
-                            format!("Can't retry {name}[{}] args:{:?} kwargs:{:?}", message.id(), body.args, body.kwargs),
+                            format!(
+                                "Can't retry {name}[{}] args:{:?} kwargs:{:?}",
+                                message.id(),
+                                body.args,
+                                body.kwargs
+                            ),
                         ),
                         tb,
                     )
@@ -198,7 +207,9 @@ async fn attempt(env: &Env, lease: &Lease, message: &Message, deliveries: u32) -
 fn next_attempt(message: &Message, delay: Duration) -> Message {
     let mut next = message.clone();
     next.headers.retries += 1;
-    next.headers.eta = chrono::Duration::from_std(delay).ok().map(|d| Utc::now() + d);
+    next.headers.eta = chrono::Duration::from_std(delay)
+        .ok()
+        .map(|d| Utc::now() + d);
     next
 }
 
@@ -240,28 +251,50 @@ async fn settle(
         }
         Ending::Success(v) => {
             stats.succeeded.fetch_add(1, Ordering::Relaxed);
-            (Settlement::Ack { result: None }, (!ignore).then(|| TaskResult::success(id.clone(), v)))
+            (
+                Settlement::Ack { result: None },
+                (!ignore).then(|| TaskResult::success(id.clone(), v)),
+            )
         }
         Ending::Failure(exc, tb) => {
             stats.failed.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(task_id = %id, error = %exc, "task failed");
-            (Settlement::Ack { result: None }, (!ignore).then(|| TaskResult::failure(id.clone(), &exc, tb)))
+            (
+                Settlement::Ack { result: None },
+                (!ignore).then(|| TaskResult::failure(id.clone(), &exc, tb)),
+            )
         }
         Ending::Revoked(reason) => {
             stats.revoked.fetch_add(1, Ordering::Relaxed);
-            (Settlement::Ack { result: None }, Some(TaskResult::revoked(id.clone(), reason)))
+            (
+                Settlement::Ack { result: None },
+                Some(TaskResult::revoked(id.clone(), reason)),
+            )
         }
         Ending::Retry(next, exc) => {
             stats.retried.fetch_add(1, Ordering::Relaxed);
             tracing::info!(task_id = %id, retries = next.headers.retries, eta = ?next.headers.eta, error = %exc, "task will retry");
             let r = TaskResult::new(id.clone(), TaskState::Retry, exc.to_value(), None);
-            (Settlement::Retry { message: next, result: None }, (!ignore).then_some(r))
+            (
+                Settlement::Retry {
+                    message: next,
+                    result: None,
+                },
+                (!ignore).then_some(r),
+            )
         }
         Ending::DeadLetter(reason, exc) => {
             stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
             stats.failed.fetch_add(1, Ordering::Relaxed);
-            let r = preset.or_else(|| exc.map(|e| TaskResult::failure(id.clone(), &e, Some(reason.clone()))));
-            (Settlement::DeadLetter { reason, result: None }, r)
+            let r = preset
+                .or_else(|| exc.map(|e| TaskResult::failure(id.clone(), &e, Some(reason.clone()))));
+            (
+                Settlement::DeadLetter {
+                    reason,
+                    result: None,
+                },
+                r,
+            )
         }
     };
     let result = result.map(|mut r| {
@@ -303,9 +336,17 @@ async fn attach(env: &Env, settlement: Settlement, result: Option<TaskResult>) -
     };
     if env.app.results_in_broker() {
         return match settlement {
-            Settlement::Ack { .. } => Settlement::Ack { result: Some(result) },
-            Settlement::Retry { message, .. } => Settlement::Retry { message, result: Some(result) },
-            Settlement::DeadLetter { reason, .. } => Settlement::DeadLetter { reason, result: Some(result) },
+            Settlement::Ack { .. } => Settlement::Ack {
+                result: Some(result),
+            },
+            Settlement::Retry { message, .. } => Settlement::Retry {
+                message,
+                result: Some(result),
+            },
+            Settlement::DeadLetter { reason, .. } => Settlement::DeadLetter {
+                reason,
+                result: Some(result),
+            },
             other => other,
         };
     }

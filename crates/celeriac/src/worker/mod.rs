@@ -254,11 +254,7 @@ async fn run_worker(
     let permits = Arc::new(Semaphore::new(cfg.concurrency));
     let tracker = TaskTracker::new();
     let leases = lease::LeaseTable::new();
-    let heartbeat = tokio::spawn(lease::heartbeat(
-        broker.clone(),
-        leases.clone(),
-        cfg.lease,
-    ));
+    let heartbeat = tokio::spawn(lease::heartbeat(broker.clone(), leases.clone(), cfg.lease));
     let req = FetchRequest {
         queues: cfg.queues.clone().into(),
         max: cfg.prefetch,
@@ -313,7 +309,10 @@ async fn run_worker(
             let Some(permit) = held.pop() else {
                 // The broker returned more than asked; hand the rest back.
                 let lease = delivery.lease.clone();
-                if let Err(e) = broker.settle(&lease, celeriac_core::Settlement::Release).await {
+                if let Err(e) = broker
+                    .settle(&lease, celeriac_core::Settlement::Release)
+                    .await
+                {
                     tracing::warn!(error = %e, "release of an extra delivery failed");
                 }
                 continue;
