@@ -23,7 +23,8 @@ mod options;
 /// Turns a function into a celeriac task.
 ///
 /// ```
-/// use celeriac::TaskError;
+/// use std::time::Duration;
+/// use celeriac::{App, TaskError};
 ///
 /// /// Adds two numbers.
 /// #[celeriac::task(name = "tasks.add", max_retries = 3)]
@@ -31,16 +32,17 @@ mod options;
 ///     Ok(x + y)
 /// }
 ///
-/// # async fn demo(app: celeriac::App) -> Result<(), Box<dyn std::error::Error>> {
-/// use std::time::Duration;
-///
-/// // The function name is now a type and a value: register it...
-/// # let _ = || {
-/// let app = celeriac::App::builder().broker("sqlite://jobs.db").task(add);
-/// # };
-/// // ...and send it (Celery's `add.delay(2, 3)`), then await its result.
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// // The function's name is now a type and a value: register it...
+/// let app = App::builder().broker("memory://").task(add).build().await?;
+/// // ...send it (Celery's `add.delay(2, 3)`)...
 /// let result = add::delay(&app, 2, 3).await?;
+/// // ...and run a worker (here in the background) to execute it.
+/// let worker = app.worker().spawn();
 /// assert_eq!(result.get(Duration::from_secs(5)).await?, 5);
+/// worker.stop();
+/// worker.join().await?;
 /// # Ok(()) }
 /// ```
 ///

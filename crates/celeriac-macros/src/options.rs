@@ -181,10 +181,20 @@ impl TaskAttr {
             if let Some(jitter) = self.retry_jitter {
                 fields.extend(quote!(jitter: #jitter,));
             }
+            // Unset fields keep the defaults; with all three set, a struct
+            // update would be dead code (and clippy says so).
+            let rest = if self.retry_backoff.is_some()
+                && self.retry_backoff_max.is_some()
+                && self.retry_jitter.is_some()
+            {
+                quote!()
+            } else {
+                quote!(..::core::default::Default::default())
+            };
             calls.extend(quote! {
                 .retry_policy(#krate::RetryPolicy {
                     #fields
-                    ..::core::default::Default::default()
+                    #rest
                 })
             });
         }

@@ -1,0 +1,9 @@
+//! Compile-fail tests: each misuse of `#[celeriac::task]` is a clear,
+//! spanned compile error. The expected messages are in `ui/*.stderr`;
+//! regenerate them with `TRYBUILD=overwrite cargo test -p celeriac-macros --test ui`.
+
+#[test]
+fn ui() {
+    let t = trybuild::TestCases::new();
+    t.compile_fail("tests/ui/*.rs");
+}

@@ -1,0 +1,4 @@
+#[celeriac::task]
+struct Add;
+
+fn main() {}
