@@ -59,7 +59,7 @@ impl FixtureOptions {
 /// The suite builds a new fixture for every case, so cases never see each
 /// other's queues, results or dead letters.
 ///
-/// ```ignore
+/// ```text
 /// struct Mem(MemoryBroker);
 ///
 /// impl Fixture for Mem {

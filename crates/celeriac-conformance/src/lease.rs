@@ -17,10 +17,12 @@ use crate::Fixture;
 
 /// A lease that is not settled or extended ends, and the message is
 /// delivered again: not before the lease ends, promptly after (a fetch
-/// waiting meanwhile wakes on the expiry), as delivery 2 under a new
-/// token. The expired attempt can no longer settle; the new one can.
+/// waiting meanwhile, on another handle, wakes on the expiry), as delivery
+/// 2 under a new token. The expired attempt can no longer settle; the new
+/// one can.
 pub async fn lease_expiry_redelivers<F: Fixture>(f: &F) {
     let b = f.open().await;
+    let other = f.open().await;
     let q = queue_name("expiry");
     publish(&b, vec![message(&q, 1)]).await;
 
@@ -28,7 +30,7 @@ pub async fn lease_expiry_redelivers<F: Fixture>(f: &F) {
     let d1 = fetch_one_req(&b, &request(&[&q], 1, SHORT_LEASE, Duration::from_secs(5))).await;
     assert_eq!(d1.deliveries, 1);
 
-    let d2 = fetch_one(&b, &q, Duration::from_secs(10)).await;
+    let d2 = fetch_one(&other, &q, Duration::from_secs(10)).await;
     let at = start.elapsed();
     assert!(
         at + CLOCK_TOLERANCE >= SHORT_LEASE,
@@ -102,6 +104,143 @@ pub async fn extend_moves_lease_end<F: Fixture>(f: &F) {
         "redelivered {at:?} after extending by {by:?}: not woken by the expiry"
     );
     assert_eq!(d2.deliveries, 2);
+}
+
+/// An attempt whose lease ended, but whose message nobody has fetched
+/// since, still holds the only token: its settlement succeeds (settle
+/// succeeds if and only if the message exists and its token is the
+/// lease's).
+pub async fn late_settle_before_redelivery_succeeds<F: Fixture>(f: &F) {
+    let b = f.open().await;
+    let q = queue_name("late");
+    let m = message(&q, 1);
+    let id = m.id().clone();
+    publish(&b, vec![m]).await;
+    let lease = Duration::from_millis(200);
+    let d = fetch_one_req(&b, &request(&[&q], 1, lease, Duration::from_secs(5))).await;
+    // The lease running out on the wall clock is the thing under test, so
+    // this case waits for its end (plus a margin) rather than for an event.
+    tokio::time::sleep(lease + Duration::from_millis(200)).await;
+    ok(
+        b.settle(
+            &d.lease,
+            Settlement::Ack {
+                result: Some(celeriac_core::TaskResult::success(
+                    id.clone(),
+                    serde_json::json!("late"),
+                )),
+            },
+        )
+        .await,
+        "a late ack, with no newer attempt",
+    );
+    assert_nothing(&b, &q, Duration::ZERO, "a late ack removes the message").await;
+    if b.capabilities().results {
+        let r = ok(celeriac_core::ResultBackend::get(&b, &id).await, "get");
+        assert_eq!(r.map(|r| r.result), Some(serde_json::json!("late")));
+    }
+}
+
+/// Workers that run past their short leases, or die without settling,
+/// race each other for redeliveries on two handles: every message is
+/// acknowledged successfully exactly once, a refused ack is `LeaseLost`,
+/// and each stored result is the one of the attempt whose ack succeeded.
+pub async fn exactly_one_ack_under_expiry_races<F: Fixture>(f: &F) {
+    const TOTAL: u64 = 300;
+    const FETCHERS: u64 = 8;
+    let h1 = f.open().await;
+    let h2 = f.open().await;
+    let results = h1.capabilities().results;
+    let q = queue_name("expiry_race");
+    publish(&h1, (0..TOTAL).map(|n| message(&q, n)).collect()).await;
+
+    // Per id: the tokens whose ack succeeded.
+    let acked: Arc<Mutex<HashMap<TaskId, Vec<u64>>>> = Arc::default();
+    let mut tasks = JoinSet::new();
+    for i in 0..FETCHERS {
+        let b = if i % 2 == 0 { h1.clone() } else { h2.clone() };
+        let acked = acked.clone();
+        let q = q.clone();
+        tasks.spawn(async move {
+            let req = request(
+                &[&q],
+                2,
+                Duration::from_millis(100),
+                Duration::from_millis(300),
+            );
+            loop {
+                let done = acked.lock().unwrap_or_else(|p| p.into_inner()).len() as u64;
+                if done == TOTAL {
+                    return;
+                }
+                let got = match b.fetch(&req).await {
+                    Ok(g) => g,
+                    Err(e) => panic!("fetcher {i}: fetch failed: {}", e.chain_text()),
+                };
+                for d in got {
+                    let n = crate::support::arg(&d);
+                    let k = n + u64::from(d.deliveries) * 7 + i;
+                    // Some first attempts die: never settled, left to expire.
+                    if d.deliveries < 3 && k % 5 == 0 {
+                        continue;
+                    }
+                    // Simulated run time, from well inside the 100 ms lease
+                    // to well past it; not used to order anything.
+                    tokio::time::sleep(Duration::from_millis(k * 37 % 180)).await;
+                    let result = celeriac_core::TaskResult::success(
+                        d.lease.id.clone(),
+                        serde_json::json!(d.lease.token),
+                    );
+                    match b
+                        .settle(
+                            &d.lease,
+                            Settlement::Ack {
+                                result: Some(result),
+                            },
+                        )
+                        .await
+                    {
+                        Ok(()) => acked
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .entry(d.lease.id.clone())
+                            .or_default()
+                            .push(d.lease.token),
+                        Err(e) if e.kind() == ErrorKind::LeaseLost => {}
+                        Err(e) => {
+                            panic!("fetcher {i}: ack failed ({}): {}", e.kind(), e.chain_text())
+                        }
+                    }
+                }
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        if let Err(e) = r {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
+    let acked = acked.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let twice: Vec<_> = acked.iter().filter(|(_, t)| t.len() > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "{} message(s) acked successfully by more than one attempt, e.g. {:?}",
+        twice.len(),
+        twice.iter().take(3).collect::<Vec<_>>()
+    );
+    assert_eq!(acked.len() as u64, TOTAL);
+    assert_nothing(&h2, &q, Duration::ZERO, "every message was acked").await;
+    if results {
+        for (id, tokens) in &acked {
+            let r = ok(celeriac_core::ResultBackend::get(&h2, id).await, "get")
+                .expect("an acked message's result");
+            assert_eq!(
+                r.result,
+                serde_json::json!(tokens[0]),
+                "the stored result is not the one of the attempt whose ack succeeded"
+            );
+        }
+    }
 }
 
 /// `extend` reports each lease's status in the order given; an empty

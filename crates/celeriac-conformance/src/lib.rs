@@ -10,9 +10,11 @@
 //! A backend implements [`Fixture`] (how to open handles on one isolated
 //! store) in `tests/conformance.rs` and invokes [`suite!`] with an
 //! expression that makes a fresh fixture. The expression is evaluated once
-//! per case, so every case gets its own store:
+//! per case, so every case gets its own store. (The examples are not
+//! compiled here, since backends depend on this crate;
+//! `crates/celeriac-sqlite/tests/conformance.rs` is the real thing.)
 //!
-//! ```ignore
+//! ```text
 //! use celeriac_conformance::{Fixture, FixtureOptions};
 //! use celeriac_sqlite::SqliteBroker;
 //!
@@ -34,7 +36,7 @@
 //! A backend that needs a server reads its URL with [`external`] and
 //! isolates each case with [`unique_ns`]:
 //!
-//! ```ignore
+//! ```text
 //! celeriac_conformance::suite!(|| async {
 //!     let url = celeriac_conformance::external("CELERIAC_TEST_REDIS_URL")?;
 //!     Some(RedisFixture::new(url, celeriac_conformance::unique_ns()))
@@ -142,10 +144,13 @@ macro_rules! suite {
                 fetch_wakes_on_publish,
                 fetch_wakes_on_publish_from_another_handle,
                 fetch_wakes_for_any_of_its_queues,
+                fetch_wakes_on_release,
                 dropped_fetch_leases_nothing,
             }
             lease {
                 lease_expiry_redelivers,
+                late_settle_before_redelivery_succeeds,
+                exactly_one_ack_under_expiry_races,
                 extend_keeps_lease,
                 extend_moves_lease_end,
                 extend_reports_each_lease_in_order,

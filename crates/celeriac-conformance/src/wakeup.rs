@@ -4,7 +4,7 @@
 use std::pin::pin;
 use std::time::Duration;
 
-use celeriac_core::Broker;
+use celeriac_core::{Broker, Settlement};
 use tokio::time::Instant;
 
 use crate::support::{
@@ -95,6 +95,34 @@ pub async fn fetch_wakes_for_any_of_its_queues<F: Fixture>(f: &F) {
         Err(_) => panic!("a fetch on three queues did not wake for the third within {bound:?}"),
     };
     assert_eq!(ids(&got), vec![id]);
+}
+
+/// A fetch blocked on a queue whose only message is leased (by another
+/// handle) wakes when that lease is released, long before it would end.
+pub async fn fetch_wakes_on_release<F: Fixture>(f: &F) {
+    let holder = f.open().await;
+    let waiter = f.open().await;
+    let bound = wake_bound(&waiter.capabilities());
+    let q = queue_name("wake_release");
+    let m = message(&q, 1);
+    let id = m.id().clone();
+    publish(&holder, vec![m]).await;
+    let d = fetch_one(&holder, &q, Duration::from_secs(5)).await;
+
+    let req = request(&[&q], 1, LONG_LEASE, Duration::from_secs(30));
+    let mut fut = pin!(waiter.fetch(&req));
+    assert_pending_for(&mut fut, PARK, "a fetch on a queue whose message is leased").await;
+    let t = Instant::now();
+    if let Err(e) = holder.settle(&d.lease, Settlement::Release).await {
+        panic!("release failed: {}", e.chain_text());
+    }
+    let got = match tokio::time::timeout(bound, &mut fut).await {
+        Ok(r) => r.unwrap_or_else(|e| panic!("blocked fetch failed: {}", e.chain_text())),
+        Err(_) => panic!("a blocked fetch did not wake within {bound:?} of a release"),
+    };
+    assert!(t.elapsed() < bound);
+    assert_eq!(ids(&got), vec![id]);
+    assert_eq!(got[0].deliveries, 2);
 }
 
 /// Cancel safety: a fetch dropped while it waits leases nothing, so a
