@@ -36,6 +36,19 @@ pub(crate) fn expand(attr: &TaskAttr, f: TaskFn) -> TokenStream {
         None => quote!(::core::concat!(::core::module_path!(), ".", #plain_name)),
     };
 
+    // The generated locals get `mixed_site` hygiene, like a `macro_rules!`
+    // local, so a task argument of the same name can never shadow them.
+    let local = |name: &str| Ident::new(name, Span::mixed_site());
+    let (ctx, args, kwargs, reader, value, result, err) = (
+        local("__ctx"),
+        local("__args"),
+        local("__kwargs"),
+        local("__reader"),
+        local("__value"),
+        local("__result"),
+        local("__e"),
+    );
+
     let fields: Vec<&Ident> = f.args.iter().map(|a| &a.ident).collect();
     let types: Vec<&syn::Type> = f.args.iter().map(|a| &*a.ty).collect();
     let names: Vec<&str> = f.args.iter().map(|a| a.name.as_str()).collect();
@@ -45,7 +58,7 @@ pub(crate) fn expand(attr: &TaskAttr, f: TaskFn) -> TokenStream {
     let reads = f.args.iter().map(|a| {
         let (field, ty, name) = (&a.ident, &a.ty, &a.name);
         let span = Span::call_site().located_at(ty.span());
-        quote_spanned!(span=> #field: __reader.next::<#ty>(#name)?,)
+        quote_spanned!(span=> #field: #reader.next::<#ty>(#name)?,)
     });
     let writes = f.args.iter().map(|a| {
         let (field, name) = (&a.ident, &a.name);
@@ -73,25 +86,25 @@ pub(crate) fn expand(attr: &TaskAttr, f: TaskFn) -> TokenStream {
         Ident::new("call", Span::call_site())
     };
     let call_args = if f.has_context {
-        quote!(__ctx, #(#fields),*)
+        quote!(#ctx, #(#fields),*)
     } else {
         quote!(#(#fields),*)
     };
     let drop_ctx = if f.has_context {
         quote!()
     } else {
-        quote!(::core::mem::drop(__ctx);)
+        quote!(::core::mem::drop(#ctx);)
     };
-    // Turns the body's value, bound to `__result`, into
+    // Turns the body's value, bound to `result`, into
     // `Result<Output, TaskError>`.
     let convert = match &f.returns {
-        Returns::Unit | Returns::Plain(_) => quote!(::core::result::Result::Ok(__result)),
+        Returns::Unit | Returns::Plain(_) => quote!(::core::result::Result::Ok(#result)),
         Returns::Result { err_span, .. } => {
             let span = Span::call_site().located_at(*err_span);
             quote_spanned! {span=>
                 ::core::result::Result::map_err(
-                    __result,
-                    |__e| -> #krate::TaskError { ::core::convert::Into::into(__e) },
+                    #result,
+                    |#err| -> #krate::TaskError { ::core::convert::Into::into(#err) },
                 )
             }
         }
@@ -99,14 +112,14 @@ pub(crate) fn expand(attr: &TaskAttr, f: TaskFn) -> TokenStream {
     let run_body = if blocking {
         quote! {
             #private::run_blocking(move || {
-                let __result = Self::#body_ident(#call_args);
+                let #result = Self::#body_ident(#call_args);
                 #convert
             })
         }
     } else {
         quote_spanned! {async_span=>
             async move {
-                let __result = Self::#body_ident(#call_args).await;
+                let #result = Self::#body_ident(#call_args).await;
                 #convert
             }
         }
@@ -173,16 +186,16 @@ pub(crate) fn expand(attr: &TaskAttr, f: TaskFn) -> TokenStream {
         #(#cfgs)*
         impl #private::FromArgs for #args_ident {
             fn from_args(
-                __args: ::std::vec::Vec<#private::Value>,
-                __kwargs: #private::Map<::std::string::String, #private::Value>,
+                #args: ::std::vec::Vec<#private::Value>,
+                #kwargs: #private::Map<::std::string::String, #private::Value>,
             ) -> ::core::result::Result<Self, #private::ArgsError> {
                 #[allow(unused_mut)]
-                let mut __reader = #private::ArgReader::new(__args, __kwargs);
+                let mut #reader = #private::ArgReader::new(#args, #kwargs);
                 // Struct fields are evaluated in the order written, which is
                 // the positional order.
-                let __value = Self { #(#reads)* };
-                __reader.finish()?;
-                ::core::result::Result::Ok(__value)
+                let #value = Self { #(#reads)* };
+                #reader.finish()?;
+                ::core::result::Result::Ok(#value)
             }
         }
 
@@ -215,14 +228,14 @@ pub(crate) fn expand(attr: &TaskAttr, f: TaskFn) -> TokenStream {
             }
 
             fn run(
-                __ctx: #krate::TaskContext,
-                __args: Self::Args,
+                #ctx: #krate::TaskContext,
+                #args: Self::Args,
             ) -> impl ::core::future::Future<
                 Output = ::core::result::Result<Self::Output, #krate::TaskError>,
             > + ::core::marker::Send
                    + 'static {
                 #drop_ctx
-                let #args_ident { #(#fields),* } = __args;
+                let #args_ident { #(#fields),* } = #args;
                 #run_body
             }
         }

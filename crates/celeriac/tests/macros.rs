@@ -121,6 +121,20 @@ async fn named_app(app: String) -> String {
     app
 }
 
+/// Arguments named like the generated code's locals cannot clash with them.
+#[celeriac::task(name = "tasks.hygiene")]
+async fn hygiene(
+    ctx: TaskContext,
+    __ctx: u32,
+    __args: u32,
+    __reader: u32,
+    __result: u32,
+    __e: u32,
+) -> Result<String, TaskError> {
+    let sum = __ctx + __args + __reader + __result + __e;
+    Ok(format!("{}:{sum}", ctx.name()))
+}
+
 mod nested {
     /// A task in a child module, visible to the parent only.
     #[celeriac::task]
@@ -179,6 +193,7 @@ async fn app() -> App {
         .task(flaky)
         .task(named_app)
         .task(default_name)
+        .task(hygiene)
         .build()
         .await
         .unwrap()
@@ -423,7 +438,18 @@ async fn context_is_passed_and_is_not_an_argument() {
     let app = app().await;
     let r = whoami::delay(&app, "hi".into()).await.unwrap();
     let id = r.id().clone();
+    let clashing = hygiene::delay(&app, 1, 2, 3, 4, 5).await.unwrap();
     let worker = app.worker().spawn();
+
+    assert_eq!(clashing.get(WAIT).await.unwrap(), "tasks.hygiene:15");
+    let args = args_of::<hygiene>(
+        vec![json!(1)],
+        json!({"__args": 2, "__reader": 3, "__result": 4, "__e": 5}),
+    );
+    assert_eq!(
+        args.unwrap().into_args().unwrap().0,
+        vec![json!(1), json!(2), json!(3), json!(4), json!(5)]
+    );
 
     assert_eq!(
         r.get(WAIT).await.unwrap(),
