@@ -83,6 +83,13 @@ impl Broker for MemoryBroker {
         }
     }
 
+    /// Revokes a task: removes it if waiting, flags it if leased (the next
+    /// `extend` reports `Revoked`), and otherwise remembers the id (the
+    /// latest 50,000), so a message with that id published later is
+    /// delivered already flagged.
+    ///
+    /// It scans the stored messages, comparing an inline hash of each id:
+    /// an admin operation, kept off the publish and settle path.
     fn revoke(&self, id: &TaskId) -> impl Future<Output = Result<Revoked, Error>> + Send {
         let id = id.clone();
         async move {
@@ -138,13 +145,16 @@ fn publish(shared: &Shared, messages: Vec<Message>) -> Result<(), Error> {
     // Boxing each message and reading its eta happen before the lock.
     let now = Instant::now();
     let mut now_utc = None;
-    let batch: Vec<Pending> = messages
-        .into_iter()
-        .map(|m| Pending::new(m, now, &mut now_utc))
-        .collect();
-    let published = shared.store().publish(batch);
+    // A fresh vector, not one collected in place: the messages' own
+    // buffer (large) is freed here, not under the lock.
+    let mut batch = Vec::with_capacity(messages.len());
+    for m in messages {
+        batch.push(Pending::new(m, now, &mut now_utc));
+    }
+    let published = shared.store().publish(&mut batch);
     let wake = published?;
     shared.wake(wake);
+    drop(batch);
     Ok(())
 }
 

@@ -8,6 +8,7 @@
 //! message itself needs.
 
 use std::collections::VecDeque;
+use std::hash::{BuildHasher, BuildHasherDefault};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use celeriac_core::{
 use chrono::Utc;
 use tokio::time::Instant;
 
-use crate::hash::{FastMap, FastSet};
+use crate::hash::{FastHasher, FastMap, FastSet};
 use crate::queue::{Item, Queue, Timed};
 
 /// How many unknown revoked ids are remembered (Celery's worker keeps 50,000).
@@ -39,6 +40,8 @@ pub(crate) enum Phase {
 pub(crate) struct Entry {
     /// The message; shared so deliveries clone it outside the lock.
     pub message: Arc<Message>,
+    /// A hash of the task id, so a revoke scans without chasing pointers.
+    id_hash: u64,
     /// Index of its queue.
     queue: u32,
     /// 0..=9, higher first.
@@ -72,6 +75,8 @@ pub(crate) struct Pending {
     pub message: Arc<Message>,
     /// When it becomes ready, if its eta lies in the future.
     pub eta: Option<Instant>,
+    /// A hash of the task id.
+    pub id_hash: u64,
 }
 
 impl Pending {
@@ -88,6 +93,7 @@ impl Pending {
             Some(add(now, delay))
         });
         Pending {
+            id_hash: id_hash(message.id()),
             message: Arc::new(message),
             eta,
         }
@@ -115,6 +121,11 @@ pub(crate) struct Wake {
     pub idle: bool,
 }
 
+/// Returns the hash of a task id kept beside each message.
+fn id_hash(id: &TaskId) -> u64 {
+    BuildHasherDefault::<FastHasher>::default().hash_one(id)
+}
+
 /// Returns `now + d`, saturating at a far but representable instant.
 pub(crate) fn add(now: Instant, d: Duration) -> Instant {
     now.checked_add(d)
@@ -130,10 +141,6 @@ pub(crate) struct Store {
     live: usize,
     queues: Vec<Queue>,
     queue_ids: FastMap<Arc<str>, u32>,
-    /// Task id to slot; a second live message with the same id goes to
-    /// `dup_ids` (rare: only when a producer reuses an id).
-    ids: FastMap<TaskId, u32>,
-    dup_ids: FastMap<TaskId, Vec<u32>>,
     /// Revocations of ids that were not found, oldest first.
     remembered: FastSet<TaskId>,
     remembered_order: VecDeque<TaskId>,
@@ -163,8 +170,6 @@ impl Store {
             live: 0,
             queues: Vec::new(),
             queue_ids: FastMap::default(),
-            ids: FastMap::default(),
-            dup_ids: FastMap::default(),
             remembered: FastSet::default(),
             remembered_order: VecDeque::new(),
             dead: VecDeque::new(),
@@ -267,43 +272,21 @@ impl Store {
         }
     }
 
-    fn index_insert(&mut self, id: &TaskId, slot: u32) {
-        if let Some(_first) = self.ids.get(id) {
-            self.dup_ids.entry(id.clone()).or_default().push(slot);
-        } else {
-            self.ids.insert(id.clone(), slot);
-        }
-    }
-
-    fn index_remove(&mut self, id: &TaskId, slot: u32) {
-        if self.ids.get(id) == Some(&slot) {
-            match self.dup_ids.get_mut(id) {
-                Some(more) => {
-                    if let Some(next) = more.pop() {
-                        self.ids.insert(id.clone(), next);
-                    }
-                    if more.is_empty() {
-                        self.dup_ids.remove(id);
-                    }
-                }
-                None => {
-                    self.ids.remove(id);
-                }
-            }
-        } else if let Some(more) = self.dup_ids.get_mut(id) {
-            more.retain(|&s| s != slot);
-            if more.is_empty() {
-                self.dup_ids.remove(id);
-            }
-        }
-    }
-
+    /// Returns the slots holding messages with this id.
+    ///
+    /// A scan of the slab, comparing a hash kept inline before the id
+    /// itself: revoking is rare, and a task-id index would cost two hash
+    /// table writes (each a likely cache miss) on every publish and settle.
     fn slots_of(&self, id: &TaskId) -> Vec<u32> {
-        let mut out: Vec<u32> = self.ids.get(id).copied().into_iter().collect();
-        if let Some(more) = self.dup_ids.get(id) {
-            out.extend_from_slice(more);
-        }
-        out
+        let hash = id_hash(id);
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                let e = s.entry.as_ref()?;
+                (e.id_hash == hash && e.message.id() == id).then_some(i as u32)
+            })
+            .collect()
     }
 
     // ----- insert and remove ------------------------------------------------
@@ -313,7 +296,6 @@ impl Store {
         let priority = p.message.priority();
         let revoked =
             revoked || (!self.remembered.is_empty() && self.remembered.contains(p.message.id()));
-        let id = p.message.id().clone();
         let phase = if p.eta.is_some() {
             Phase::Delayed
         } else {
@@ -321,6 +303,7 @@ impl Store {
         };
         let item = self.alloc(Entry {
             message: p.message,
+            id_hash: p.id_hash,
             queue: q,
             priority,
             phase,
@@ -329,7 +312,6 @@ impl Store {
             deliveries: 0,
             revoked,
         });
-        self.index_insert(&id, item.slot);
         let slots = &self.slots;
         let queue = &mut self.queues[q as usize];
         match p.eta {
@@ -373,8 +355,6 @@ impl Store {
             Phase::Delayed => queue.delayed -= 1,
             Phase::Leased => queue.leased -= 1,
         }
-        let id = entry.message.id().clone();
-        self.index_remove(&id, slot);
         Some(entry)
     }
 
@@ -399,13 +379,14 @@ impl Store {
 
     // ----- publish ----------------------------------------------------------
 
-    /// Publishes a batch, all or none.
-    pub fn publish(&mut self, batch: Vec<Pending>) -> Result<Wake, Error> {
+    /// Publishes a batch, all or none. Drains `batch` on success and leaves
+    /// its buffer to the caller, to free once the lock is released.
+    pub fn publish(&mut self, batch: &mut Vec<Pending>) -> Result<Wake, Error> {
         // Resolve queues once per batch, remembering the last name since a
         // batch almost always goes to one queue.
         let mut qids = Vec::with_capacity(batch.len());
         let mut last: Option<(&str, u32)> = None;
-        for p in &batch {
+        for p in batch.iter() {
             let name = p.message.queue();
             let q = match last {
                 Some((n, q)) if n == name => q,
@@ -438,7 +419,7 @@ impl Store {
             }
         }
         let mut wake = Wake::default();
-        for (p, q) in batch.into_iter().zip(qids) {
+        for (p, q) in batch.drain(..).zip(qids) {
             wake.fetchers |= self.insert(p, q, false).fetchers;
         }
         Ok(wake)
@@ -805,7 +786,7 @@ impl Store {
             batch.push(Pending::new(message, now, &mut now_utc));
         }
         let count = batch.len() as u64;
-        let wake = self.publish(batch)?;
+        let wake = self.publish(&mut batch)?;
         // Remove the replayed ones, back to front so indices stay valid.
         for i in picked.into_iter().rev() {
             self.dead.remove(i);
@@ -837,7 +818,7 @@ mod tests {
         let mut s = Store::new(None);
         let q = s.queue_id("q");
         for _ in 0..10_000 {
-            s.publish(vec![pending("q")]).unwrap();
+            s.publish(&mut vec![pending("q")]).unwrap();
             let (taken, _) = s.take(&[q], 1, Duration::from_secs(60), Instant::now());
             let lease = &taken[0].lease;
             let slot = s.holder(lease.receipt, lease.token).unwrap();
@@ -850,12 +831,12 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_ids_are_all_indexed() {
+    fn revoke_finds_every_message_with_the_id() {
         let mut s = Store::new(None);
         let m = Message::new("t", vec![], Default::default());
         let id = m.id().clone();
         let now = Instant::now();
-        s.publish(vec![
+        s.publish(&mut vec![
             Pending::new(m.clone(), now, &mut None),
             Pending::new(m, now, &mut None),
         ])
@@ -866,5 +847,6 @@ mod tests {
         assert_eq!(removed.len(), 2);
         assert!(wake.idle);
         assert!(s.slots_of(&id).is_empty());
+        assert_eq!(s.revoke(&id).0, Revoked::Unknown);
     }
 }
