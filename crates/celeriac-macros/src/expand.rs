@@ -39,14 +39,13 @@ pub(crate) fn expand(attr: &TaskAttr, f: TaskFn) -> TokenStream {
     // The generated locals get `mixed_site` hygiene, like a `macro_rules!`
     // local, so a task argument of the same name can never shadow them.
     let local = |name: &str| Ident::new(name, Span::mixed_site());
-    let (ctx, args, kwargs, reader, value, result, err) = (
+    let (ctx, args, kwargs, reader, value, result) = (
         local("__ctx"),
         local("__args"),
         local("__kwargs"),
         local("__reader"),
         local("__value"),
         local("__result"),
-        local("__e"),
     );
 
     let fields: Vec<&Ident> = f.args.iter().map(|a| &a.ident).collect();
@@ -101,6 +100,9 @@ pub(crate) fn expand(attr: &TaskAttr, f: TaskFn) -> TokenStream {
         Returns::Unit | Returns::Plain(_) => quote!(::core::result::Result::Ok(#result)),
         Returns::Result { err_span, .. } => {
             let span = Span::call_site().located_at(*err_span);
+            // The error that fails `Into<TaskError>` is reported where it
+            // is used, so it too is located at the return type.
+            let err = Ident::new("__e", Span::mixed_site().located_at(*err_span));
             quote_spanned! {span=>
                 ::core::result::Result::map_err(
                     #result,
