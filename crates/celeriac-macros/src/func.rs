@@ -39,7 +39,8 @@ pub(crate) struct TaskFn {
     pub(crate) item: ItemFn,
     /// `#[doc]` attributes, moved to the generated struct.
     pub(crate) docs: Vec<Attribute>,
-    /// `#[cfg]` and `#[cfg_attr]` attributes, copied to every generated item.
+    /// `#[cfg]` attributes, copied to every generated item. (`cfg_attr` is
+    /// not: the attribute it adds may only make sense on a function.)
     pub(crate) cfgs: Vec<Attribute>,
     /// Whether the first parameter is a `TaskContext`.
     pub(crate) has_context: bool,
@@ -114,7 +115,7 @@ impl TaskFn {
             .partition(|a| a.path().is_ident("doc"));
         let cfgs = rest
             .iter()
-            .filter(|a| a.path().is_ident("cfg") || a.path().is_ident("cfg_attr"))
+            .filter(|a| a.path().is_ident("cfg"))
             .cloned()
             .collect();
         item.attrs = rest;

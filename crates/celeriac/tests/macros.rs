@@ -135,6 +135,12 @@ async fn hygiene(
     Ok(format!("{}:{sum}", ctx.name()))
 }
 
+/// A `#[cfg]` under the attribute removes every generated item, so this
+/// unknown type is never compiled.
+#[celeriac::task]
+#[cfg(any())]
+async fn compiled_out(x: NoSuchType) {}
+
 mod nested {
     /// A task in a child module, visible to the parent only.
     #[celeriac::task]
