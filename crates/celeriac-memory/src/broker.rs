@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use celeriac_core::{
     Broker, Capabilities, DeadLetter, Delivery, Error, ErrorKind, FetchRequest, Lease, LeaseStatus,
-    Message, QueueStats, Revoked, Settlement, TaskId,
+    Message, QueueStats, Revoked, Settlement, TaskId, TaskResult,
 };
 use tokio::time::Instant;
 
@@ -86,7 +86,7 @@ impl Broker for MemoryBroker {
     /// Revokes a task: removes it if waiting, flags it if leased (the next
     /// `extend` reports `Revoked`), and otherwise remembers the id (the
     /// latest 50,000), so a message with that id published later is
-    /// delivered already flagged.
+    /// discarded on arrival, with a `REVOKED` result stored for it.
     ///
     /// It scans the stored messages, comparing an inline hash of each id:
     /// an admin operation, kept off the publish and settle path.
@@ -127,8 +127,9 @@ impl Broker for MemoryBroker {
         let ids: Option<Vec<TaskId>> = ids.map(<[TaskId]>::to_vec);
         async move {
             let replayed = self.shared.store().replay(ids.as_deref(), Instant::now());
-            let (count, wake) = replayed?;
+            let (count, wake, discarded) = replayed?;
             self.shared.wake(wake);
+            record_revoked(&self.shared, discarded);
             Ok(count)
         }
     }
@@ -152,10 +153,32 @@ fn publish(shared: &Shared, messages: Vec<Message>) -> Result<(), Error> {
         batch.push(Pending::new(m, now, &mut now_utc));
     }
     let published = shared.store().publish(&mut batch);
-    let wake = published?;
+    let (wake, discarded) = published?;
     shared.wake(wake);
     drop(batch);
+    record_revoked(shared, discarded);
     Ok(())
+}
+
+/// Stores a `REVOKED` result for each message discarded because its id was
+/// revoked before it arrived, as Celery's worker does when it discards one,
+/// so whoever waits on the result learns its fate.
+fn record_revoked(shared: &Shared, discarded: Vec<Arc<Message>>) {
+    if discarded.is_empty() {
+        return;
+    }
+    let now = Instant::now();
+    let waiters: Vec<_> = {
+        let mut results = shared.results();
+        discarded
+            .iter()
+            .filter(|m| !m.headers.ignore_result)
+            .filter_map(|m| results.insert(TaskResult::revoked(m.id().clone(), "revoked"), now))
+            .collect()
+    };
+    for n in waiters {
+        n.notify_waiters();
+    }
 }
 
 /// A fetcher's registration as a waiter; undone on drop, so a fetch that

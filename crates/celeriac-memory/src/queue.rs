@@ -61,6 +61,9 @@ pub(crate) struct Queue {
     pub delayed: usize,
     /// Live leased messages.
     pub leased: usize,
+    /// When a message was last leased from this queue (the store's count of
+    /// leases at that moment); 0 if never.
+    pub served: u64,
 }
 
 impl Queue {
@@ -76,6 +79,7 @@ impl Queue {
             ready: 0,
             delayed: 0,
             leased: 0,
+            served: 0,
         }
     }
 

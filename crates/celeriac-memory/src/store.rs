@@ -149,8 +149,8 @@ pub(crate) struct Store {
     last_token: u64,
     /// Publish order, to keep delayed messages with one eta in order.
     seq: u64,
-    /// Which queue the next fetch starts from.
-    rotate: usize,
+    /// Counts messages leased, to order queues by when they were last served.
+    served: u64,
     max_len: Option<usize>,
     /// Scratch space for reclaimed leases, kept to avoid allocating.
     scratch: Vec<Item>,
@@ -175,7 +175,7 @@ impl Store {
             dead: VecDeque::new(),
             last_token: 0,
             seq: 0,
-            rotate: 0,
+            served: 0,
             max_len,
             scratch: Vec::new(),
             waiters: 0,
@@ -294,8 +294,6 @@ impl Store {
     /// Stores one message in queue `q`, ready or delayed. Returns whom to wake.
     fn insert(&mut self, p: Pending, q: u32, revoked: bool) -> Wake {
         let priority = p.message.priority();
-        let revoked =
-            revoked || (!self.remembered.is_empty() && self.remembered.contains(p.message.id()));
         let phase = if p.eta.is_some() {
             Phase::Delayed
         } else {
@@ -381,7 +379,14 @@ impl Store {
 
     /// Publishes a batch, all or none. Drains `batch` on success and leaves
     /// its buffer to the caller, to free once the lock is released.
-    pub fn publish(&mut self, batch: &mut Vec<Pending>) -> Result<Wake, Error> {
+    ///
+    /// A message whose id was revoked before it was published is discarded,
+    /// as Celery's worker discards it on receipt; the discarded messages are
+    /// returned so the caller can record them as revoked.
+    pub fn publish(
+        &mut self,
+        batch: &mut Vec<Pending>,
+    ) -> Result<(Wake, Vec<Arc<Message>>), Error> {
         // Resolve queues once per batch, remembering the last name since a
         // batch almost always goes to one queue.
         let mut qids = Vec::with_capacity(batch.len());
@@ -419,10 +424,15 @@ impl Store {
             }
         }
         let mut wake = Wake::default();
+        let mut discarded = Vec::new();
         for (p, q) in batch.drain(..).zip(qids) {
+            if !self.remembered.is_empty() && self.remembered.contains(p.message.id()) {
+                discarded.push(p.message);
+                continue;
+            }
             wake.fetchers |= self.insert(p, q, false).fetchers;
         }
-        Ok(wake)
+        Ok((wake, discarded))
     }
 
     // ----- fetch ------------------------------------------------------------
@@ -464,8 +474,13 @@ impl Store {
         moved
     }
 
-    /// Leases up to `max` ready messages from `qs`, round-robin starting at
-    /// a queue that moves by one on every call.
+    /// Leases up to `max` ready messages from `qs`, one queue at a time in
+    /// turn, starting from the queue served least recently.
+    ///
+    /// Ordering by last service rather than by a per-call counter keeps
+    /// every queue's turn however the calls of several fetchers interleave:
+    /// a single fetcher alternates its starting queue, and a queue that had
+    /// nothing for a while goes first when it has something again.
     pub fn take(
         &mut self,
         qs: &[u32],
@@ -482,16 +497,21 @@ impl Store {
             return (Vec::new(), Wake::default());
         }
         let deadline = add(now, lease);
-        let n = qs.len();
-        let start = self.rotate % n;
-        self.rotate = self.rotate.wrapping_add(1);
+        let mut order: Vec<u32> = qs
+            .iter()
+            .copied()
+            .filter(|&q| self.queues[q as usize].ready > 0)
+            .collect();
+        // A stable sort: queues never served keep the order of the request.
+        order.sort_by_key(|&q| self.queues[q as usize].served);
         let mut out = Vec::with_capacity(max.min(available));
         let mut progress = true;
         while progress && out.len() < max {
             progress = false;
-            for k in 0..n {
-                let q = qs[(start + k) % n];
+            for &q in &order {
                 if let Some(t) = self.lease_one(q, deadline) {
+                    self.served += 1;
+                    self.queues[q as usize].served = self.served;
                     out.push(t);
                     progress = true;
                     if out.len() == max {
@@ -769,7 +789,11 @@ impl Store {
     ///
     /// A dead letter whose bytes do not decode stays where it is. The
     /// republish is all or none, like any publish.
-    pub fn replay(&mut self, ids: Option<&[TaskId]>, now: Instant) -> Result<(u64, Wake), Error> {
+    pub fn replay(
+        &mut self,
+        ids: Option<&[TaskId]>,
+        now: Instant,
+    ) -> Result<(u64, Wake, Vec<Arc<Message>>), Error> {
         let wanted: Option<FastSet<&TaskId>> = ids.map(|ids| ids.iter().collect());
         let mut picked = Vec::new();
         let mut batch = Vec::new();
@@ -786,12 +810,12 @@ impl Store {
             batch.push(Pending::new(message, now, &mut now_utc));
         }
         let count = batch.len() as u64;
-        let wake = self.publish(&mut batch)?;
+        let (wake, discarded) = self.publish(&mut batch)?;
         // Remove the replayed ones, back to front so indices stay valid.
         for i in picked.into_iter().rev() {
             self.dead.remove(i);
         }
-        Ok((count, wake))
+        Ok((count, wake, discarded))
     }
 
     /// Deletes every dead letter.

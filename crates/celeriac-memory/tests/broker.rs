@@ -679,13 +679,26 @@ async fn revoke_flags_a_running_task() {
 #[tokio::test]
 async fn revoke_of_an_unknown_id_is_remembered() {
     let b = MemoryBroker::new();
-    let m = msg("q");
-    assert_eq!(b.revoke(m.id()).await.unwrap(), Revoked::Unknown);
-    // Published after its revocation: the worker learns at its first renewal.
-    b.publish(vec![m.clone()]).await.unwrap();
-    let d = fetch_now(&b, &["q"], 1).await;
-    let st = b.extend(&[d[0].lease.clone()], LONG).await.unwrap();
-    assert_eq!(st, vec![LeaseStatus::Revoked]);
+    let (early, other) = (msg("q"), msg("q"));
+    assert_eq!(b.revoke(early.id()).await.unwrap(), Revoked::Unknown);
+    // A result waiter learns the fate of the message discarded on arrival.
+    let waiter = {
+        let (b, id) = (b.clone(), early.id().clone());
+        tokio::spawn(async move { b.wait(&id, PATIENCE).await })
+    };
+    tokio::task::yield_now().await;
+    b.publish(vec![early.clone(), other.clone()]).await.unwrap();
+    let got = fetch_now(&b, &["q"], 5).await;
+    assert_eq!(ids(&got), vec![other.id().to_string()]);
+    let r = timeout(PATIENCE / 2, waiter)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.unwrap().status, TaskState::Revoked);
+    // Still remembered for a second arrival.
+    b.publish(vec![early]).await.unwrap();
+    assert!(fetch_now(&b, &["q"], 5).await.is_empty());
 }
 
 #[tokio::test]
@@ -814,4 +827,43 @@ async fn a_worker_drains_a_burst_quickly() {
     let rate = total as f64 / start.elapsed().as_secs_f64();
     eprintln!("published and drained {total} messages at {rate:.0}/s");
     assert!(b.is_idle());
+}
+
+#[tokio::test]
+async fn fairness_holds_when_fetchers_interleave() {
+    let b = MemoryBroker::new();
+    b.publish((0..100).map(|_| msg("busy")).collect())
+        .await
+        .unwrap();
+    b.publish((0..10).map(|_| msg("quiet")).collect())
+        .await
+        .unwrap();
+    let (x, y) = (b.clone(), b.clone());
+    // Two fetchers taking turns, one message each: a counter per call
+    // would give each fetcher the same starting queue every time.
+    let mut quiet = 0;
+    for _ in 0..10 {
+        for h in [&x, &y] {
+            let d = fetch_now(h, &["busy", "quiet"], 1).await;
+            if &*d[0].lease.queue == "quiet" {
+                quiet += 1;
+            }
+        }
+    }
+    assert_eq!(quiet, 10);
+}
+
+#[tokio::test]
+async fn a_queue_that_was_empty_goes_first_when_it_fills() {
+    let b = MemoryBroker::new();
+    b.publish((0..100).map(|_| msg("busy")).collect())
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        let d = fetch_now(&b, &["busy", "quiet"], 1).await;
+        assert_eq!(&*d[0].lease.queue, "busy");
+    }
+    b.publish(vec![msg("quiet")]).await.unwrap();
+    let d = fetch_now(&b, &["busy", "quiet"], 1).await;
+    assert_eq!(&*d[0].lease.queue, "quiet");
 }
