@@ -65,20 +65,29 @@ pub async fn queue_stats_count_ready_delayed_leased<F: Fixture>(f: &F) {
     assert_eq!(counts(&stats_of(&b, &q).await), (2, delayed, 0));
 }
 
-/// Purge removes a queue's ready messages and says how many; leased ones
-/// stay with their holders, and other queues are untouched.
-pub async fn purge_removes_ready_messages<F: Fixture>(f: &F) {
+/// Purge removes a queue's waiting messages, ready and delayed, and says
+/// how many; leased ones stay with their holders, and other queues are
+/// untouched.
+pub async fn purge_removes_waiting_messages<F: Fixture>(f: &F) {
     let b = f.open().await;
-    if !b.capabilities().admin {
-        return skip("admin::purge_removes_ready_messages", "admin");
+    let caps = b.capabilities();
+    if !caps.admin {
+        return skip("admin::purge_removes_waiting_messages", "admin");
     }
     let q = queue_name("purge");
     let other = queue_name("purge_other");
     publish(&b, (0..5).map(|n| message(&q, n)).collect()).await;
     publish(&b, vec![message(&other, 0)]).await;
     let held = fetch_one(&b, &q, WAIT).await;
+    let delayed = if caps.delayed {
+        let eta = in_future(Duration::from_millis(500));
+        publish(&b, vec![with_eta(message(&q, 5), eta)]).await;
+        1
+    } else {
+        0
+    };
 
-    assert_eq!(ok(b.purge(&q).await, "purge"), 4);
+    assert_eq!(ok(b.purge(&q).await, "purge"), 4 + delayed);
     assert_nothing(&b, &q, Duration::ZERO, "a purged queue").await;
     assert_eq!(counts(&stats_of(&b, &q).await), (0, 0, 1));
     ok(
@@ -92,6 +101,15 @@ pub async fn purge_removes_ready_messages<F: Fixture>(f: &F) {
         "another queue"
     );
     assert_eq!(ok(b.purge(&q).await, "purge again"), 0);
+    if caps.delayed {
+        assert_nothing(
+            &b,
+            &q,
+            Duration::from_millis(1000),
+            "a purged delayed message at its eta",
+        )
+        .await;
+    }
 }
 
 /// With a maximum queue length, a publish that would overfill any queue

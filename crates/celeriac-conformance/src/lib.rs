@@ -70,7 +70,7 @@
 //! | [`fairness`] | each fetch starts from another queue; round-robin batches |
 //! | [`fencing`] | stale or settled attempts cannot settle, extend or overwrite a result |
 //! | [`dead_letter`] | dead-letter with reason, list, replay, purge |
-//! | [`revoke`] | waiting removed, running flagged, unknown reported |
+//! | [`revoke`] | waiting removed, running flagged, unknown reported and remembered |
 //! | [`results`] | store, get, wait (woken by another handle), forget, expiry |
 //! | [`admin`] | queue statistics, purge, maximum length (publish all or none) |
 //! | [`durability`] | a restart keeps messages, leases, results, dead letters |
@@ -191,7 +191,7 @@ macro_rules! suite {
             revoke {
                 revoke_waiting_removes_it,
                 revoke_running_is_reported_on_extend,
-                revoke_unknown_is_unknown,
+                revoke_unknown_is_remembered,
             }
             results {
                 store_get_replace_forget,
@@ -203,7 +203,7 @@ macro_rules! suite {
             }
             admin {
                 queue_stats_count_ready_delayed_leased,
-                purge_removes_ready_messages,
+                purge_removes_waiting_messages,
                 max_length_refuses_whole_batch,
             }
             durability {

@@ -1,13 +1,13 @@
 //! Revocation: a waiting task is removed and never delivered; a running
 //! one is flagged and its worker learns at the next `extend`; an unknown
-//! id is reported as such.
+//! id is reported as such and remembered.
 
 use std::time::Duration;
 
-use celeriac_core::{Broker, LeaseStatus, Revoked, Settlement, TaskId};
+use celeriac_core::{Broker, LeaseStatus, Revoked, Settlement};
 
 use crate::support::{
-    assert_nothing, fetch_one, in_future, message, ok, publish, queue_name, skip, with_eta,
+    assert_nothing, fetch, fetch_one, in_future, message, ok, publish, queue_name, skip, with_eta,
 };
 use crate::Fixture;
 
@@ -72,14 +72,51 @@ pub async fn revoke_running_is_reported_on_extend<F: Fixture>(f: &F) {
     assert_nothing(&b, &q, Duration::ZERO, "the revoked task was settled").await;
 }
 
-/// Revoking an id the broker has never seen reports `Unknown`.
-pub async fn revoke_unknown_is_unknown<F: Fixture>(f: &F) {
+/// Revoking an id the broker has never seen reports `Unknown`, and the
+/// revocation is remembered: a message with that id published afterwards
+/// either is never delivered, or (the contract leaves the choice open)
+/// arrives flagged, so that its first `extend` reports `Revoked`. Other
+/// messages are untouched.
+pub async fn revoke_unknown_is_remembered<F: Fixture>(f: &F) {
     let b = f.open().await;
     if !b.capabilities().revoke {
-        return skip("revoke::revoke_unknown_is_unknown", "revoke");
+        return skip("revoke::revoke_unknown_is_remembered", "revoke");
     }
-    assert_eq!(
-        ok(b.revoke(&TaskId::new()).await, "revoke"),
-        Revoked::Unknown
+    let q = queue_name("revoke_early");
+    let early = message(&q, 0);
+    let id = early.id().clone();
+    assert_eq!(ok(b.revoke(&id).await, "revoke"), Revoked::Unknown);
+    let other = message(&q, 1);
+    let other_id = other.id().clone();
+    ok(
+        b.publish(vec![early, other]).await,
+        "publishing after an early revocation",
     );
+    let mut got = fetch(&b, &[&q], 10, WAIT).await;
+    if !got.iter().any(|d| d.lease.id == other_id) {
+        got.extend(fetch(&b, &[&q], 10, WAIT).await);
+    }
+    assert!(
+        got.iter().any(|d| d.lease.id == other_id),
+        "the message nobody revoked is delivered"
+    );
+    for d in got.iter().filter(|d| d.lease.id == id) {
+        let st = ok(
+            b.extend(std::slice::from_ref(&d.lease), Duration::from_secs(60))
+                .await,
+            "extend",
+        );
+        assert_eq!(
+            st,
+            vec![LeaseStatus::Revoked],
+            "a message revoked before it was published was delivered unflagged"
+        );
+    }
+    assert_nothing(
+        &b,
+        &q,
+        Duration::from_millis(500),
+        "a message revoked before it was published",
+    )
+    .await;
 }

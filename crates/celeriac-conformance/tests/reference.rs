@@ -209,7 +209,10 @@ impl Broker for RefBroker {
             }
         }
         for m in messages {
-            Self::insert(&mut st, m);
+            // An id revoked before it was published never runs.
+            if !st.revoked.contains(m.id()) {
+                Self::insert(&mut st, m);
+            }
         }
         drop(st);
         self.shared.changed.notify_waiters();
