@@ -107,9 +107,10 @@ pub async fn extend_moves_lease_end<F: Fixture>(f: &F) {
 }
 
 /// An attempt whose lease ended, but whose message nobody has fetched
-/// since, still holds the only token: its settlement succeeds (settle
-/// succeeds if and only if the message exists and its token is the
-/// lease's).
+/// since, still holds the only token: `extend` takes the lease back
+/// (`Held`: only a lease taken by another attempt, or settled, is `Lost`)
+/// and its settlement succeeds (settle succeeds if and only if the message
+/// exists and its token is the lease's).
 pub async fn late_settle_before_redelivery_succeeds<F: Fixture>(f: &F) {
     let b = f.open().await;
     let q = queue_name("late");
@@ -120,6 +121,17 @@ pub async fn late_settle_before_redelivery_succeeds<F: Fixture>(f: &F) {
     let d = fetch_one_req(&b, &request(&[&q], 1, lease, Duration::from_secs(5))).await;
     // The lease running out on the wall clock is the thing under test, so
     // this case waits for its end (plus a margin) rather than for an event.
+    tokio::time::sleep(lease + Duration::from_millis(200)).await;
+    let st = ok(
+        b.extend(std::slice::from_ref(&d.lease), LONG_LEASE).await,
+        "a late extend, with no newer attempt",
+    );
+    assert_eq!(
+        st,
+        vec![LeaseStatus::Held],
+        "a late extend, with no newer attempt"
+    );
+    assert_nothing(&b, &q, Duration::ZERO, "a lease taken back by extend").await;
     tokio::time::sleep(lease + Duration::from_millis(200)).await;
     ok(
         b.settle(

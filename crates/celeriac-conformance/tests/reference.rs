@@ -294,7 +294,7 @@ impl Broker for RefBroker {
         Ok(leases
             .iter()
             .map(|l| match Self::owned(&mut st, l) {
-                Some(e) if e.leased(now) => {
+                Some(e) => {
                     e.leased_until = Some(now + by);
                     if e.revoked {
                         LeaseStatus::Revoked
