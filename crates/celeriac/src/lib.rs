@@ -30,7 +30,7 @@
 //! | module | what it holds |
 //! |---|---|
 //! | [`app`] | [`App`] and its builder: broker, results, tasks, routes |
-//! | [`task`] | the [`Task`] trait and the [`TaskContext`] a task receives |
+//! | [`mod@task`] | the [`Task`] trait and the [`TaskContext`] a task receives |
 //! | [`signature`] | [`Signature`]: a call with per-call options (`apply_async`) |
 //! | [`result`] | [`AsyncResult`]: await a task's outcome by id |
 //! | [`worker`] | the worker runtime: fetch, lease renewal, execution, shutdown |

@@ -519,7 +519,12 @@ async fn hard_stop_hands_running_tasks_back(kind: &str) {
     wait_until(|| count(&key) == 1).await;
     w.stop_now();
     let stats = w.join().await.unwrap();
-    assert_eq!(stats.snapshot()[5], 1, "one task released");
+    assert_eq!(
+        stats.snapshot()[5],
+        1,
+        "one task released: {:?}",
+        stats.snapshot()
+    );
     assert_eq!(r.state().await.unwrap(), TaskState::Pending);
     // It comes back at once to the next worker (no lease to wait out).
     let started = Instant::now();

@@ -45,12 +45,17 @@ enum Ending {
 
 /// Runs one delivery to its settlement. Never panics, never returns an
 /// error: every problem ends in a settlement or a log line.
-pub(crate) async fn run(env: Arc<Env>, delivery: Delivery) {
+pub(crate) async fn run(env: &Env, delivery: Delivery) {
     let Delivery {
         message,
         lease,
         deliveries,
     } = delivery;
+    if env.hard.is_cancelled() {
+        // Stopping hard: not started, so hand it back untouched.
+        settle(env, &lease, None, Ending::Release, None).await;
+        return;
+    }
     let message = match message {
         Ok(m) => m,
         Err(e) => {
@@ -63,12 +68,12 @@ pub(crate) async fn run(env: Arc<Env>, delivery: Delivery) {
                     None,
                 )
             });
-            settle(&env, &lease, None, Ending::DeadLetter(reason, None), result).await;
+            settle(env, &lease, None, Ending::DeadLetter(reason, None), result).await;
             return;
         }
     };
-    let ending = attempt(&env, &lease, &message, deliveries).await;
-    settle(&env, &lease, Some(&message), ending, None).await;
+    let ending = attempt(env, &lease, &message, deliveries).await;
+    settle(env, &lease, Some(&message), ending, None).await;
 }
 
 async fn attempt(env: &Env, lease: &Lease, message: &Message, deliveries: u32) -> Ending {

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use celeriac_core::{Error, FetchRequest};
+use celeriac_core::{Delivery, Error, FetchRequest, Settlement};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -269,26 +269,48 @@ async fn run_worker(
         hard: hard.clone(),
     });
     tracing::info!(worker = %cfg.name, queues = ?cfg.queues, concurrency = cfg.concurrency, "worker started");
+    // Long-lived runners take deliveries from a channel: no task spawn
+    // per message. A permit is taken before each fetch slot and given back
+    // when its task ends, so the worker never holds a message it cannot
+    // start.
+    let (tx, rx) = async_channel::bounded::<Delivery>(cfg.concurrency);
+    for _ in 0..cfg.concurrency {
+        let rx = rx.clone();
+        let env = env.clone();
+        let permits = permits.clone();
+        tracker.spawn(async move {
+            while let Ok(delivery) = rx.recv().await {
+                execute::run(&env, delivery).await;
+                permits.add_permits(1);
+            }
+        });
+    }
+    drop(rx);
     let mut backoff = Duration::from_millis(50);
     'fetch: while !soft.is_cancelled() {
-        // Take every free permit (at least one) before fetching, so the
-        // worker never holds a message it cannot start.
         let first = tokio::select! {
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            p = permits.acquire() => match p { Ok(p) => p, Err(_) => break },
             () = soft.cancelled() => break,
         };
-        let mut held = vec![first];
-        while held.len() < cfg.prefetch {
-            match permits.clone().try_acquire_owned() {
-                Ok(p) => held.push(p),
+        first.forget();
+        let mut slots = 1;
+        while slots < cfg.prefetch {
+            match permits.try_acquire() {
+                Ok(p) => {
+                    p.forget();
+                    slots += 1;
+                }
                 Err(_) => break,
             }
         }
         let mut req = req.clone();
-        req.max = held.len();
+        req.max = slots;
         let deliveries = tokio::select! {
             r = broker.fetch(&req) => r,
-            () = soft.cancelled() => break 'fetch,
+            () = soft.cancelled() => {
+                permits.add_permits(slots);
+                break 'fetch;
+            }
         };
         let deliveries = match deliveries {
             Ok(d) => {
@@ -296,6 +318,7 @@ async fn run_worker(
                 d
             }
             Err(e) => {
+                permits.add_permits(slots);
                 tracing::warn!(error = %e.chain_text(), retry_in = ?backoff, "fetch failed");
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {},
@@ -305,25 +328,22 @@ async fn run_worker(
                 continue;
             }
         };
-        for delivery in deliveries {
-            let Some(permit) = held.pop() else {
+        let unused = slots.saturating_sub(deliveries.len());
+        for (i, delivery) in deliveries.into_iter().enumerate() {
+            if i >= slots {
                 // The broker returned more than asked; hand the rest back.
-                let lease = delivery.lease.clone();
-                if let Err(e) = broker
-                    .settle(&lease, celeriac_core::Settlement::Release)
-                    .await
-                {
+                if let Err(e) = broker.settle(&delivery.lease, Settlement::Release).await {
                     tracing::warn!(error = %e, "release of an extra delivery failed");
                 }
                 continue;
-            };
-            let env = env.clone();
-            tracker.spawn(async move {
-                execute::run(env, delivery).await;
-                drop(permit);
-            });
+            }
+            if tx.send(delivery).await.is_err() {
+                break 'fetch;
+            }
         }
+        permits.add_permits(unused);
     }
+    drop(tx);
     tracker.close();
     tracker.wait().await;
     heartbeat.abort();
