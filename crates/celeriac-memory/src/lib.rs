@@ -47,7 +47,7 @@
 //!
 //! | module | what it holds |
 //! |---|---|
-//! | `store` | the state behind the broker's one lock: message slots, queues, dead letters, revocations |
+//! | `store` | the state behind the broker's one lock: message slots, queues, dead letters, revocations; `store::settle` ends attempts and extends leases, `store::admin` holds revoke, statistics, purge and dead letters |
 //! | `queue` | one queue: ready messages by priority, delayed ones by eta, leases by deadline |
 //! | `broker` | the [`Broker`](celeriac_core::Broker) implementation: locking, waiting and waking |
 //! | `results` and `backend` | stored results with an expiry, and the [`ResultBackend`](celeriac_core::ResultBackend) implementation |

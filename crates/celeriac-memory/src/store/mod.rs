@@ -1,6 +1,6 @@
 //! The broker's state, kept behind one mutex: a slab of message slots, the
-//! queues that reference them, the task-id index, the dead letters and the
-//! fencing-token counter.
+//! queues that reference them, the dead letters, the remembered revocations
+//! and the fencing-token counter. The admin operations are in [`admin`].
 //!
 //! Every method here is synchronous and short; the async layer in
 //! [`crate::broker`] locks, calls one of them, unlocks, then wakes whoever
@@ -12,14 +12,15 @@ use std::hash::{BuildHasher, BuildHasherDefault};
 use std::sync::Arc;
 use std::time::Duration;
 
-use celeriac_core::{
-    codec, DeadLetter, Error, ErrorKind, Lease, LeaseStatus, Message, QueueStats, Revoked, TaskId,
-};
+use celeriac_core::{DeadLetter, Error, ErrorKind, Lease, Message, TaskId};
 use chrono::Utc;
 use tokio::time::Instant;
 
 use crate::hash::{FastHasher, FastMap, FastSet};
 use crate::queue::{Item, Queue, Timed};
+
+mod admin;
+mod settle;
 
 /// How many unknown revoked ids are remembered (Celery's worker keeps 50,000).
 const REMEMBERED_REVOKES: usize = 50_000;
@@ -31,7 +32,7 @@ pub(crate) enum Phase {
     Ready,
     /// Waiting for its eta.
     Delayed,
-    /// Leased to a fetcher until `Entry::deadline`.
+    /// Leased to a fetcher (its deadline is in the queue's lease heap).
     Leased,
 }
 
@@ -52,8 +53,6 @@ pub(crate) struct Entry {
     /// An expired lease keeps its token until the message is leased again,
     /// so the late attempt may still settle while nobody else has it.
     token: u64,
-    /// When the lease ends; meaningful while leased.
-    deadline: Instant,
     /// Deliveries so far.
     deliveries: u32,
     /// Revoked while running: reported by `extend`.
@@ -306,7 +305,6 @@ impl Store {
             priority,
             phase,
             token: 0,
-            deadline: p.eta.unwrap_or_else(Instant::now),
             deliveries: 0,
             revoked,
         });
@@ -354,6 +352,14 @@ impl Store {
             Phase::Leased => queue.leased -= 1,
         }
         Some(entry)
+    }
+
+    /// Returns a wake-up for `idle()` callers if nothing is stored now.
+    fn idle_wake(&self) -> Wake {
+        Wake {
+            fetchers: false,
+            idle: self.live == 0,
+        }
     }
 
     /// Makes a stored message ready again at the front of its level.
@@ -536,7 +542,6 @@ impl Store {
         let entry = self.slots[item.slot as usize].entry.as_mut()?;
         entry.phase = Phase::Leased;
         entry.token = token;
-        entry.deadline = deadline;
         entry.deliveries = entry.deliveries.saturating_add(1);
         let taken_message = entry.message.clone();
         let deliveries = entry.deliveries;
@@ -572,264 +577,13 @@ impl Store {
             .filter_map(|&q| self.queues[q as usize].next_due())
             .min()
     }
-
-    // ----- settle and extend ------------------------------------------------
-
-    /// Returns the slot a lease (`receipt`, `token`) still holds.
-    pub fn holder(&self, receipt: u64, token: u64) -> Option<u32> {
-        u32::try_from(receipt).ok().filter(|&slot| {
-            self.slots
-                .get(slot as usize)
-                .and_then(|s| s.entry.as_ref())
-                .is_some_and(|e| e.token != 0 && e.token == token)
-        })
-    }
-
-    /// Acknowledges: removes the message. Returns it (to drop unlocked).
-    pub fn ack(&mut self, slot: u32) -> (Option<Entry>, Wake) {
-        let entry = self.remove(slot);
-        (entry, self.idle_wake())
-    }
-
-    /// Replaces the message by `next`, in one step.
-    pub fn retry(&mut self, slot: u32, next: Pending) -> (Option<Entry>, Wake) {
-        let old = self.remove(slot);
-        let revoked = old.as_ref().is_some_and(|e| e.revoked);
-        let q = self.queue_id(next.message.queue());
-        let wake = self.insert(next, q, revoked);
-        (old, wake)
-    }
-
-    /// Hands the message back: ready now, at the front of its level.
-    pub fn release(&mut self, slot: u32) -> Wake {
-        if let Some(entry) = self.entry_mut(slot) {
-            // The attempt is over: its token no longer holds anything.
-            entry.token = 0;
-        }
-        self.make_ready_front(slot);
-        Wake {
-            fetchers: self.waiters > 0,
-            idle: false,
-        }
-    }
-
-    /// Moves the message to the dead-letter list. Encodes it first, so a
-    /// failure to encode changes nothing.
-    pub fn dead_letter(
-        &mut self,
-        slot: u32,
-        reason: String,
-    ) -> Result<(Option<Entry>, Wake), Error> {
-        let raw = match self.slots.get(slot as usize).and_then(|s| s.entry.as_ref()) {
-            Some(e) => codec::encode(&e.message)?,
-            None => Vec::new(),
-        };
-        let entry = self.remove(slot);
-        if let Some(e) = &entry {
-            self.dead.push_back(DeadLetter {
-                id: e.message.id().clone(),
-                task: e.message.headers.task.clone(),
-                queue: self.queues[e.queue as usize].name.to_string(),
-                reason,
-                at: Utc::now(),
-                raw,
-            });
-        }
-        Ok((entry, self.idle_wake()))
-    }
-
-    fn idle_wake(&self) -> Wake {
-        Wake {
-            fetchers: false,
-            idle: self.live == 0,
-        }
-    }
-
-    /// Extends each lease still held to `now + by`.
-    pub fn extend(
-        &mut self,
-        leases: &[(u64, u64)],
-        by: Duration,
-        now: Instant,
-    ) -> (Vec<LeaseStatus>, Wake) {
-        let deadline = add(now, by);
-        let mut out = Vec::with_capacity(leases.len());
-        let mut extended = false;
-        for &(receipt, token) in leases {
-            let Some(slot) = self.holder(receipt, token) else {
-                out.push(LeaseStatus::Lost);
-                continue;
-            };
-            let Some(entry) = self.entry_mut(slot) else {
-                out.push(LeaseStatus::Lost);
-                continue;
-            };
-            let (q, was, revoked) = (entry.queue, entry.phase, entry.revoked);
-            entry.phase = Phase::Leased;
-            entry.deadline = deadline;
-            let item = self.bump(slot);
-            let slots = &self.slots;
-            let queue = &mut self.queues[q as usize];
-            // An expired lease that was reclaimed but not yet leased again is
-            // still this attempt's: take it back out of the ready list.
-            if was == Phase::Ready {
-                queue.ready -= 1;
-                queue.leased += 1;
-            }
-            queue.push_lease(
-                Timed {
-                    at: deadline,
-                    seq: token,
-                    item,
-                },
-                |i| Self::version_of(slots, i),
-            );
-            extended = true;
-            out.push(if revoked {
-                LeaseStatus::Revoked
-            } else {
-                LeaseStatus::Held
-            });
-        }
-        let wake = Wake {
-            fetchers: extended && self.wakes_at(deadline),
-            idle: false,
-        };
-        (out, wake)
-    }
-
-    // ----- admin ------------------------------------------------------------
-
-    /// Revokes every stored message with this id.
-    pub fn revoke(&mut self, id: &TaskId) -> (Revoked, Vec<Entry>, Wake) {
-        let mut removed = Vec::new();
-        let mut running = false;
-        for slot in self.slots_of(id) {
-            let Some(entry) = self.entry_mut(slot) else {
-                continue;
-            };
-            match entry.phase {
-                Phase::Leased => {
-                    entry.revoked = true;
-                    running = true;
-                }
-                Phase::Ready | Phase::Delayed => removed.extend(self.remove(slot)),
-            }
-        }
-        let outcome = if running {
-            Revoked::Running
-        } else if !removed.is_empty() {
-            Revoked::Removed
-        } else {
-            self.remember(id);
-            Revoked::Unknown
-        };
-        (outcome, removed, self.idle_wake())
-    }
-
-    fn remember(&mut self, id: &TaskId) {
-        if self.remembered.insert(id.clone()) {
-            self.remembered_order.push_back(id.clone());
-            if self.remembered_order.len() > REMEMBERED_REVOKES {
-                if let Some(old) = self.remembered_order.pop_front() {
-                    self.remembered.remove(&old);
-                }
-            }
-        }
-    }
-
-    /// Returns every queue's depth, reclaiming expired leases first so the
-    /// numbers are current.
-    pub fn stats(&mut self, now: Instant) -> (Vec<QueueStats>, Wake) {
-        let mut moved = 0;
-        for q in 0..self.queues.len() as u32 {
-            moved += self.promote(q, now);
-        }
-        let stats = self
-            .queues
-            .iter()
-            .map(|q| QueueStats {
-                queue: q.name.to_string(),
-                ready: q.ready as u64,
-                delayed: q.delayed as u64,
-                leased: q.leased as u64,
-            })
-            .collect();
-        let wake = Wake {
-            fetchers: moved > 0 && self.waiters > 0,
-            idle: false,
-        };
-        (stats, wake)
-    }
-
-    /// Removes the ready and delayed messages of a queue (not leased ones).
-    pub fn purge(&mut self, name: &str, now: Instant) -> (u64, Vec<Entry>, Wake) {
-        let Some(&q) = self.queue_ids.get(name) else {
-            return (0, Vec::new(), Wake::default());
-        };
-        self.promote(q, now);
-        let queue = &mut self.queues[q as usize];
-        let mut items = queue.drain_ready();
-        items.extend(queue.drain_delays());
-        let mut removed = Vec::new();
-        for item in items {
-            if Self::version_of(&self.slots, item) {
-                removed.extend(self.remove(item.slot));
-            }
-        }
-        (removed.len() as u64, removed, self.idle_wake())
-    }
-
-    /// Lists up to `limit` dead letters, oldest first.
-    pub fn dead_letters(&self, limit: usize) -> Vec<DeadLetter> {
-        self.dead.iter().take(limit).cloned().collect()
-    }
-
-    /// Puts dead letters back on their queues (all of them for `None`).
-    ///
-    /// A dead letter whose bytes do not decode stays where it is. The
-    /// republish is all or none, like any publish.
-    pub fn replay(
-        &mut self,
-        ids: Option<&[TaskId]>,
-        now: Instant,
-    ) -> Result<(u64, Wake, Vec<Arc<Message>>), Error> {
-        let wanted: Option<FastSet<&TaskId>> = ids.map(|ids| ids.iter().collect());
-        let mut picked = Vec::new();
-        let mut batch = Vec::new();
-        let mut now_utc = None;
-        for (i, dl) in self.dead.iter().enumerate() {
-            if wanted.as_ref().is_some_and(|w| !w.contains(&dl.id)) {
-                continue;
-            }
-            let Ok(mut message) = codec::decode(&dl.raw) else {
-                continue;
-            };
-            message.set_queue(dl.queue.clone());
-            picked.push(i);
-            batch.push(Pending::new(message, now, &mut now_utc));
-        }
-        let count = batch.len() as u64;
-        let (wake, discarded) = self.publish(&mut batch)?;
-        // Remove the replayed ones, back to front so indices stay valid.
-        for i in picked.into_iter().rev() {
-            self.dead.remove(i);
-        }
-        Ok((count, wake, discarded))
-    }
-
-    /// Deletes every dead letter.
-    pub fn purge_dead_letters(&mut self) -> u64 {
-        let n = self.dead.len() as u64;
-        self.dead.clear();
-        n
-    }
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use celeriac_core::Revoked;
 
     fn pending(queue: &str) -> Pending {
         let mut m = Message::new("t", vec![], Default::default());
