@@ -35,9 +35,15 @@ pub async fn queues(url: &str) -> Result<()> {
     let app = connect(url).await?;
     let mut stats = app.broker().queue_stats().await?;
     stats.sort_by(|a, b| a.queue.cmp(&b.queue));
-    println!("{:<32} {:>10} {:>10} {:>10}", "QUEUE", "READY", "DELAYED", "LEASED");
+    println!(
+        "{:<32} {:>10} {:>10} {:>10}",
+        "QUEUE", "READY", "DELAYED", "LEASED"
+    );
     for s in stats {
-        println!("{:<32} {:>10} {:>10} {:>10}", s.queue, s.ready, s.delayed, s.leased);
+        println!(
+            "{:<32} {:>10} {:>10} {:>10}",
+            s.queue, s.ready, s.delayed, s.leased
+        );
     }
     Ok(())
 }

@@ -176,7 +176,11 @@ pub async fn run(url: &str, args: BenchArgs) -> Result<()> {
         let count = single / senders + usize::from(s < single % senders);
         joins.push(tokio::spawn(async move {
             for _ in 0..count {
-                Noop::s((u64::MAX,)).queue(SINGLE_QUEUE).ignore_result(true).send(&app).await?;
+                Noop::s((u64::MAX,))
+                    .queue(SINGLE_QUEUE)
+                    .ignore_result(true)
+                    .send(&app)
+                    .await?;
                 pb.inc(1);
             }
             Ok::<_, celeriac::Error>(())
@@ -210,7 +214,10 @@ pub async fn run(url: &str, args: BenchArgs) -> Result<()> {
     }
     let enqueue_batch_per_s = n as f64 / started.elapsed().as_secs_f64();
     pb.finish_and_clear();
-    eprintln!("enqueue (batches of {}): {enqueue_batch_per_s:.0} tasks/s", args.batch);
+    eprintln!(
+        "enqueue (batches of {}): {enqueue_batch_per_s:.0} tasks/s",
+        args.batch
+    );
 
     // Drain by one worker in this process.
     let seen = SEEN.get_or_init(|| Seen {

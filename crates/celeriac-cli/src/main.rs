@@ -16,11 +16,26 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc: the worker's hot path allocates small, short-lived objects,
+/// where it is markedly faster than the system allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
-#[command(name = "celeriac", version, about = "Inspect, steer and benchmark celeriac queues")]
+#[command(
+    name = "celeriac",
+    version,
+    about = "Inspect, steer and benchmark celeriac queues"
+)]
 struct Cli {
     /// Broker URL (sqlite://path.db, memory://).
-    #[arg(long, short = 'b', global = true, env = "CELERIAC_BROKER", default_value = "sqlite://celeriac.db")]
+    #[arg(
+        long,
+        short = 'b',
+        global = true,
+        env = "CELERIAC_BROKER",
+        default_value = "sqlite://celeriac.db"
+    )]
     broker: String,
     #[command(subcommand)]
     command: Command,

@@ -191,9 +191,7 @@ macro_rules! tuple_args {
         }
         impl<$($t: Serialize),*> IntoArgs for ($($t,)*) {
             fn into_args(self) -> Result<(Vec<Value>, Map<String, Value>), ArgsError> {
-                #[allow(unused_mut)]
-                let mut v = Vec::new();
-                $(v.push(encode_arg(stringify!($n), &self.$n)?);)*
+                let v = vec![$(encode_arg(stringify!($n), &self.$n)?),*];
                 Ok((v, Map::new()))
             }
         }
