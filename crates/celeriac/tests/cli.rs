@@ -4,6 +4,8 @@
 //! Worker processes are this test binary re-run with `CELERIAC_CLI_CHILD`
 //! set, so only [`cli_child_entry_point`] runs in them.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
 

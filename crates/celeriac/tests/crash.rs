@@ -5,6 +5,8 @@
 //! The worker processes are this test binary itself, re-run with
 //! `CELERIAC_CRASH_CHILD` set so that only [`crash_child_entry_point`] runs.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 

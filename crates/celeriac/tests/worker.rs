@@ -1,6 +1,8 @@
 //! The worker end to end, on every in-tree backend: each outcome, time
 //! limits, panics, bad input, leases and shutdown.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};

@@ -15,7 +15,7 @@ use futures::FutureExt;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::lease::LeaseTable;
+use super::lease::{Held, LeaseTable};
 use super::WorkerStats;
 use crate::app::App;
 use crate::registry::CallError;
@@ -29,6 +29,8 @@ pub(crate) struct Env {
     pub(crate) stats: Arc<WorkerStats>,
     /// Fires on a hard stop: running tasks are dropped and handed back.
     pub(crate) hard: CancellationToken,
+    /// Fires on a soft stop: prefetched tasks not yet started are handed back.
+    pub(crate) soft: CancellationToken,
 }
 
 /// How an attempt ended, before it becomes a settlement.
@@ -45,20 +47,22 @@ enum Ending {
 
 /// Runs one delivery to its settlement. Never panics, never returns an
 /// error: every problem ends in a settlement or a log line.
-pub(crate) async fn run(env: &Env, delivery: Delivery) {
+pub(crate) async fn run(env: &Env, delivery: Delivery, held: Arc<Held>) {
     let Delivery {
         message,
         lease,
         deliveries,
     } = delivery;
-    if env.hard.is_cancelled() {
-        // Stopping hard: not started, so hand it back untouched.
+    if env.soft.is_cancelled() {
+        // Stopping: not started, so hand it back untouched.
+        env.leases.remove(lease.token);
         settle(env, &lease, None, Ending::Release, None).await;
         return;
     }
     let message = match message {
         Ok(m) => m,
         Err(e) => {
+            env.leases.remove(lease.token);
             let reason = e.chain_text();
             tracing::error!(task_id = %lease.id, queue = %lease.queue, %reason, "malformed message dead-lettered");
             let result = (!lease.id.as_str().is_empty()).then(|| {
@@ -72,15 +76,30 @@ pub(crate) async fn run(env: &Env, delivery: Delivery) {
             return;
         }
     };
-    let ending = attempt(env, &lease, &message, deliveries).await;
+    let ending = attempt(env, &lease, &message, deliveries, &held).await;
+    env.leases.remove(lease.token);
     settle(env, &lease, Some(&message), ending, None).await;
 }
 
-async fn attempt(env: &Env, lease: &Lease, message: &Message, deliveries: u32) -> Ending {
+async fn attempt(
+    env: &Env,
+    lease: &Lease,
+    message: &Message,
+    deliveries: u32,
+    held: &Held,
+) -> Ending {
     let name = message.headers.task.as_str();
     if message.is_expired(Utc::now()) {
         tracing::info!(task_id = %lease.id, task = name, "task expired before it ran");
         return Ending::Revoked("expired");
+    }
+    // A prefetched message may have lost its lease, or been revoked, while
+    // it waited for a runner.
+    if held.lost.load(Ordering::Acquire) {
+        return Ending::Lost;
+    }
+    if held.revoked.load(Ordering::Acquire) {
+        return Ending::Revoked("revoked");
     }
     let Some(handler) = env.app.registry().get(name) else {
         tracing::error!(task_id = %lease.id, task = name, "unknown task dead-lettered");
@@ -89,8 +108,7 @@ async fn attempt(env: &Env, lease: &Lease, message: &Message, deliveries: u32) -
         return Ending::DeadLetter(reason, Some(exc));
     };
     let options = handler.options();
-    let cancel = CancellationToken::new();
-    let held = env.leases.insert(lease.clone(), cancel.clone());
+    let cancel = held.cancel.clone();
     let ctx = TaskContext {
         id: message.headers.id.clone(),
         name: name.to_owned(),
@@ -125,7 +143,6 @@ async fn attempt(env: &Env, lease: &Lease, message: &Message, deliveries: u32) -
             out = &mut fut => break Some(out),
             () = env.hard.cancelled() => break None,
             () = &mut hard_timer => {
-                env.leases.remove(lease.token);
                 let limit = hard.unwrap_or_default();
                 return Ending::Failure(
                     ExceptionInfo::new("TimeLimitExceeded", "billiard.exceptions", format!("TimeLimitExceeded({})", limit.as_secs_f64())),
@@ -139,7 +156,6 @@ async fn attempt(env: &Env, lease: &Lease, message: &Message, deliveries: u32) -
             }
         }
     };
-    env.leases.remove(lease.token);
     let Some(outcome) = outcome else {
         return Ending::Release;
     };

@@ -30,6 +30,9 @@ use crate::app::App;
 
 pub use shutdown::shutdown_signal;
 
+/// The most messages asked for in one fetch.
+const MAX_FETCH: usize = 512;
+
 /// Counts of what a worker did, readable while it runs.
 #[derive(Debug, Default)]
 pub struct WorkerStats {
@@ -86,7 +89,7 @@ impl WorkerBuilder {
             name: format!("celeriac@{host}"),
             queues: vec![celeriac_core::DEFAULT_QUEUE.to_owned()],
             concurrency: 64,
-            prefetch: 256,
+            prefetch: 64,
             lease: Duration::from_secs(30),
             grace: Duration::from_secs(30),
             fetch_wait: Duration::from_secs(1),
@@ -99,10 +102,12 @@ impl WorkerBuilder {
         self
     }
 
-    /// Sets the most messages fetched in one round trip (default 256). The
-    /// worker never holds more than `concurrency` messages.
+    /// Sets how many messages the worker may hold beyond those running
+    /// (default 64; 0 holds none). Held messages keep their leases renewed
+    /// and are handed back at shutdown. A larger prefetch means fewer,
+    /// larger fetches; a smaller one spreads work more evenly over workers.
     pub fn prefetch(mut self, n: usize) -> Self {
-        self.prefetch = n.max(1);
+        self.prefetch = n;
         self
     }
 
@@ -251,13 +256,14 @@ async fn run_worker(
 ) -> Result<(), Error> {
     let app = cfg.app.clone();
     let broker = app.broker().clone();
-    let permits = Arc::new(Semaphore::new(cfg.concurrency));
+    let capacity = cfg.concurrency + cfg.prefetch;
+    let permits = Arc::new(Semaphore::new(capacity));
     let tracker = TaskTracker::new();
     let leases = lease::LeaseTable::new();
     let heartbeat = tokio::spawn(lease::heartbeat(broker.clone(), leases.clone(), cfg.lease));
     let req = FetchRequest {
         queues: cfg.queues.clone().into(),
-        max: cfg.prefetch,
+        max: MAX_FETCH,
         lease: cfg.lease,
         wait: cfg.fetch_wait,
     };
@@ -267,20 +273,21 @@ async fn run_worker(
         leases: leases.clone(),
         stats: stats.clone(),
         hard: hard.clone(),
+        soft: soft.clone(),
     });
     tracing::info!(worker = %cfg.name, queues = ?cfg.queues, concurrency = cfg.concurrency, "worker started");
     // Long-lived runners take deliveries from a channel: no task spawn
     // per message. A permit is taken before each fetch slot and given back
-    // when its task ends, so the worker never holds a message it cannot
-    // start.
-    let (tx, rx) = async_channel::bounded::<Delivery>(cfg.concurrency);
+    // when its task ends, so the worker holds at most concurrency +
+    // prefetch messages, every one with its lease renewed.
+    let (tx, rx) = async_channel::bounded::<(Delivery, Arc<lease::Held>)>(capacity);
     for _ in 0..cfg.concurrency {
         let rx = rx.clone();
         let env = env.clone();
         let permits = permits.clone();
         tracker.spawn(async move {
-            while let Ok(delivery) = rx.recv().await {
-                execute::run(&env, delivery).await;
+            while let Ok((delivery, held)) = rx.recv().await {
+                execute::run(&env, delivery, held).await;
                 permits.add_permits(1);
             }
         });
@@ -294,7 +301,7 @@ async fn run_worker(
         };
         first.forget();
         let mut slots = 1;
-        while slots < cfg.prefetch {
+        while slots < capacity.min(MAX_FETCH) {
             match permits.try_acquire() {
                 Ok(p) => {
                     p.forget();
@@ -337,7 +344,8 @@ async fn run_worker(
                 }
                 continue;
             }
-            if tx.send(delivery).await.is_err() {
+            let held = leases.insert(delivery.lease.clone(), CancellationToken::new());
+            if tx.send((delivery, held)).await.is_err() {
                 break 'fetch;
             }
         }
