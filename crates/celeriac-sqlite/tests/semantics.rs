@@ -179,7 +179,9 @@ async fn extend_keeps_a_lease_past_its_first_deadline() {
         .pop()
         .unwrap();
     assert_eq!(
-        b.extend(&[d.lease.clone()], LONG).await.unwrap(),
+        b.extend(std::slice::from_ref(&d.lease), LONG)
+            .await
+            .unwrap(),
         vec![LeaseStatus::Held]
     );
     // Past the original deadline, nothing is redelivered.
@@ -311,7 +313,9 @@ async fn a_malformed_row_is_delivered_as_an_error_with_a_lease() {
     assert_eq!(err.kind(), ErrorKind::Malformed);
     assert_eq!(d.lease.id.as_str(), "bad-1");
     assert_eq!(
-        b.extend(&[d.lease.clone()], LONG).await.unwrap(),
+        b.extend(std::slice::from_ref(&d.lease), LONG)
+            .await
+            .unwrap(),
         vec![LeaseStatus::Held]
     );
     b.settle(
@@ -378,7 +382,9 @@ async fn revoke_removes_waiting_flags_running_and_remembers_unknown() {
     assert!(b.fetch(&now("q", 1)).await.unwrap().is_empty());
     assert_eq!(b.revoke(running.id()).await.unwrap(), Revoked::Running);
     assert_eq!(
-        b.extend(&[d.lease.clone()], LONG).await.unwrap(),
+        b.extend(std::slice::from_ref(&d.lease), LONG)
+            .await
+            .unwrap(),
         vec![LeaseStatus::Revoked]
     );
     b.settle(&d.lease, Settlement::Ack { result: None })
@@ -499,4 +505,60 @@ async fn capabilities_claim_everything() {
     let c = b.capabilities();
     assert!(c.durable && c.delayed && c.priorities && c.push_wakeups);
     assert!(c.results && c.revoke && c.max_length && c.admin);
+}
+
+#[tokio::test]
+async fn a_revoked_running_task_does_not_come_back() {
+    let (_dir, b) = fresh().await;
+    let (retried, abandoned) = (msg("q", vec![json!(1)]), msg("q", vec![json!(2)]));
+    b.publish(vec![retried.clone()]).await.unwrap();
+    let d = b.fetch(&now("q", 1)).await.unwrap().pop().unwrap();
+    assert_eq!(b.revoke(retried.id()).await.unwrap(), Revoked::Running);
+    // Retrying a revoked task drops it, and its final state is REVOKED.
+    let mut next = retried.clone();
+    next.headers.retries = 1;
+    let retry_result = TaskResult::new(retried.id().clone(), TaskState::Retry, json!(null), None);
+    b.settle(
+        &d.lease,
+        Settlement::Retry {
+            message: Box::new(next),
+            result: Some(retry_result),
+        },
+    )
+    .await
+    .unwrap();
+    assert!(b.fetch(&now("q", 1)).await.unwrap().is_empty());
+    assert_eq!(
+        b.get(retried.id()).await.unwrap().unwrap().status,
+        TaskState::Revoked
+    );
+
+    // A revoked task whose worker vanished is dropped when its lease ends.
+    b.publish(vec![abandoned.clone()]).await.unwrap();
+    let short = req(&["q"], 1, Duration::from_millis(100), Duration::ZERO);
+    let d = b.fetch(&short).await.unwrap().pop().unwrap();
+    assert_eq!(b.revoke(&d.lease.id).await.unwrap(), Revoked::Running);
+    let none = b
+        .fetch(&req(&["q"], 1, LONG, Duration::from_millis(400)))
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+    assert_eq!(
+        b.get(abandoned.id()).await.unwrap().unwrap().status,
+        TaskState::Revoked
+    );
+}
+
+#[tokio::test]
+async fn a_released_attempt_cannot_settle_again() {
+    let (_dir, b) = fresh().await;
+    b.publish(vec![msg("q", vec![])]).await.unwrap();
+    let d = b.fetch(&now("q", 1)).await.unwrap().pop().unwrap();
+    b.settle(&d.lease, Settlement::Release).await.unwrap();
+    let err = b
+        .settle(&d.lease, Settlement::Ack { result: None })
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::LeaseLost);
+    assert_eq!(b.fetch(&now("q", 1)).await.unwrap().len(), 1);
 }

@@ -1,5 +1,7 @@
 //! Dead-letter replay and purge, results, and the periodic expiry sweep.
 
+use celeriac_core::{TaskId, TaskResult};
+
 use super::{Answer, ResultRow, Tx};
 use crate::util::now_ms;
 
@@ -14,6 +16,24 @@ pub(crate) fn store_result(tx: &mut Tx<'_>, row: &ResultRow) -> rusqlite::Result
         .execute(rusqlite::params![row.id, row.json, expires_at])?;
     tx.results_changed = true;
     Ok(())
+}
+
+/// Stores a `REVOKED` result for a task the broker dropped because it was
+/// revoked, so that whoever waits for it learns its fate.
+pub(crate) fn store_revoked(tx: &mut Tx<'_>, id: &str) -> rusqlite::Result<()> {
+    let result = TaskResult::revoked(TaskId::from(id), "revoked");
+    match serde_json::to_string(&result) {
+        Ok(json) => store_result(
+            tx,
+            &ResultRow {
+                id: id.to_owned(),
+                json,
+            },
+        ),
+        // A result built here always serializes; if it did not, the task
+        // is still dropped, only without a result.
+        Err(_) => Ok(()),
+    }
 }
 
 /// Deletes a stored result.

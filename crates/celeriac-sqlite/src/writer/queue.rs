@@ -2,9 +2,9 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use celeriac_core::{Error, ErrorKind, TaskId, TaskResult};
+use celeriac_core::{Error, ErrorKind};
 
-use super::{admin, Answer, Fetched, LeasedRow, NewRow, ResultRow, Tx};
+use super::{admin, Answer, Fetched, LeasedRow, NewRow, Tx};
 use crate::schema::{DELAYED, LEASED, READY};
 use crate::util::now_ms;
 
@@ -61,16 +61,7 @@ pub(super) fn publish(tx: &mut Tx<'_>, rows: &[NewRow]) -> rusqlite::Result<Answ
         .query_row([], |r| r.get(0))?;
     for row in rows {
         if any_revocations && is_revoked(tx, &row.id)? {
-            let result = TaskResult::revoked(TaskId::from(row.id.as_str()), "revoked");
-            if let Ok(json) = serde_json::to_string(&result) {
-                admin::store_result(
-                    tx,
-                    &ResultRow {
-                        id: row.id.clone(),
-                        json,
-                    },
-                )?;
-            }
+            admin::store_revoked(tx, &row.id)?;
             continue;
         }
         insert(tx, row, now)?;
@@ -104,14 +95,21 @@ fn count_waiting(tx: &Tx<'_>, queue: &str, now: i64) -> rusqlite::Result<usize> 
 
 /// Makes a queue's due rows ready: delayed rows whose eta came, and leased
 /// rows whose lease ended. A revoked row whose lease ended is deleted
-/// instead: it was revoked, and no one holds it any more.
-pub(super) fn promote(tx: &Tx<'_>, queue: &str, now: i64) -> rusqlite::Result<()> {
-    tx.conn
+/// instead, with a `REVOKED` result: it was revoked, and no one holds it
+/// any more.
+pub(super) fn promote(tx: &mut Tx<'_>, queue: &str, now: i64) -> rusqlite::Result<()> {
+    let dropped = tx
+        .conn
         .prepare_cached(
             "DELETE FROM tasks
-             WHERE state > 0 AND queue = ?1 AND not_before <= ?2 AND revoked = 1",
+             WHERE state > 0 AND queue = ?1 AND not_before <= ?2 AND revoked = 1
+             RETURNING id",
         )?
-        .execute(rusqlite::params![queue, now])?;
+        .query_map(rusqlite::params![queue, now], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    for id in dropped {
+        admin::store_revoked(tx, &id)?;
+    }
     tx.conn
         .prepare_cached(
             "UPDATE tasks SET state = 0 WHERE state > 0 AND queue = ?1 AND not_before <= ?2",

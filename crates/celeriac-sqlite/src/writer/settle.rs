@@ -46,20 +46,25 @@ pub(super) fn settle(
                 return Ok(Answer::LeaseLost);
             };
             delete(tx, seq)?;
-            // A task revoked while it ran must not come back by retrying.
-            if !revoked {
+            if revoked {
+                // A task revoked while it ran must not come back by
+                // retrying; its final state is REVOKED, not RETRY.
+                admin::store_revoked(tx, &next.id)?;
+            } else {
                 queue::insert(tx, next, now)?;
                 tx.ready_changed = true;
-            }
-            if let Some(result) = result {
-                admin::store_result(tx, result)?;
+                if let Some(result) = result {
+                    admin::store_result(tx, result)?;
+                }
             }
         }
         SettleOp::Release => {
+            // The attempt is over: its token no longer holds the message.
             let updated = tx
                 .conn
                 .prepare_cached(
-                    "UPDATE tasks SET state = ?3, not_before = ?4 WHERE seq = ?1 AND token = ?2",
+                    "UPDATE tasks SET state = ?3, not_before = ?4, token = 0
+                     WHERE seq = ?1 AND token = ?2",
                 )?
                 .execute(rusqlite::params![seq, token, READY, now])?;
             if updated == 0 {
