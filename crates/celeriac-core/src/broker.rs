@@ -151,7 +151,10 @@ pub enum Revoked {
     Removed,
     /// The message is running; its worker learns at its next lease renewal.
     Running,
-    /// No such message was found; the revocation is remembered.
+    /// No such message was found. The revocation is remembered (for a
+    /// bounded number of ids): a message with this id published later is
+    /// never delivered, and a `REVOKED` result is stored for it, as Celery's
+    /// workers do with their revoked set.
     Unknown,
 }
 
