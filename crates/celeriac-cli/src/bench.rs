@@ -156,6 +156,14 @@ pub async fn run(url: &str, args: BenchArgs) -> Result<()> {
     if args.tasks == 0 {
         bail!("--tasks must be at least 1");
     }
+    // A zero batch would never advance the enqueue loop; zero single sends
+    // would make the sender count's clamp range empty.
+    if args.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    if args.single == Some(0) {
+        bail!("--single must be at least 1");
+    }
     let app = build(url).await?;
     for q in [DRAIN_QUEUE, SINGLE_QUEUE, LATENCY_QUEUE] {
         app.broker().purge(q).await.ok();
