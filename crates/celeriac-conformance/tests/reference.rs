@@ -3,6 +3,8 @@
 //! backend. The reference favours obviousness over speed: one mutex, one
 //! `Notify` woken on every change.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::pin::pin;
 use std::sync::{Arc, Mutex, MutexGuard};
