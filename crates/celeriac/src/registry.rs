@@ -25,6 +25,8 @@ pub(crate) enum CallError {
 /// A registered task with its types erased.
 pub(crate) trait Handler: Send + Sync + 'static {
     fn options(&self) -> &TaskOptions;
+    /// Returns the name the task is registered under.
+    fn name(&self) -> &'static str;
     fn call(
         &self,
         ctx: TaskContext,
@@ -41,6 +43,10 @@ struct TypedHandler<T> {
 impl<T: Task> Handler for TypedHandler<T> {
     fn options(&self) -> &TaskOptions {
         &self.options
+    }
+
+    fn name(&self) -> &'static str {
+        T::NAME
     }
 
     fn call(

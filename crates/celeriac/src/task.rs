@@ -1,6 +1,7 @@
 //! The [`Task`] trait and the [`TaskContext`] a running task receives.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use celeriac_core::{FromArgs, IntoArgs, TaskError, TaskId, TaskOptions};
@@ -66,10 +67,10 @@ pub trait Task: Send + Sync + 'static {
 #[derive(Debug, Clone)]
 pub struct TaskContext {
     pub(crate) id: TaskId,
-    pub(crate) name: String,
+    pub(crate) name: &'static str,
     pub(crate) retries: u32,
     pub(crate) deliveries: u32,
-    pub(crate) queue: String,
+    pub(crate) queue: Arc<str>,
     pub(crate) cancel: CancellationToken,
     pub(crate) app: App,
 }
@@ -82,7 +83,7 @@ impl TaskContext {
 
     /// Returns the task name.
     pub fn name(&self) -> &str {
-        &self.name
+        self.name
     }
 
     /// Returns how many times this task was retried before this attempt.

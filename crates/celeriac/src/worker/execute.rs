@@ -30,7 +30,7 @@ pub(crate) struct Env {
     /// Fires on a hard stop: running tasks are dropped and handed back.
     pub(crate) hard: CancellationToken,
     /// Fires on a soft stop: prefetched tasks not yet started are handed back.
-    pub(crate) soft: CancellationToken,
+    pub(crate) soft: super::Stop,
 }
 
 /// How an attempt ended, before it becomes a settlement.
@@ -108,13 +108,14 @@ async fn attempt(
         return Ending::DeadLetter(reason, Some(exc));
     };
     let options = handler.options();
-    let cancel = held.cancel.clone();
+    // Borrowed, not cloned: a token clone takes the token's mutex.
+    let cancel = &held.cancel;
     let ctx = TaskContext {
         id: message.headers.id.clone(),
-        name: name.to_owned(),
+        name: handler.name(),
         retries: message.headers.retries,
         deliveries,
-        queue: lease.queue.to_string(),
+        queue: lease.queue.clone(),
         cancel: cancel.clone(),
         app: env.app.clone(),
     };

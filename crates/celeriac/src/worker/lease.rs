@@ -39,14 +39,25 @@ impl LeaseTable {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn insert(&self, lease: Lease, cancel: CancellationToken) -> Arc<Held> {
-        let held = Arc::new(Held {
-            lease,
-            cancel,
-            revoked: AtomicBool::new(false),
-            lost: AtomicBool::new(false),
-        });
-        self.lock().insert(held.lease.token, held.clone());
+    /// Records a batch of fresh leases, each with its own cancellation
+    /// signal, under one lock, and returns them in order.
+    pub(crate) fn insert_many(&self, leases: impl Iterator<Item = Lease>) -> Vec<Arc<Held>> {
+        // Built before the lock, which runners settling tasks also take.
+        let held: Vec<Arc<Held>> = leases
+            .map(|lease| {
+                Arc::new(Held {
+                    lease,
+                    cancel: CancellationToken::new(),
+                    revoked: AtomicBool::new(false),
+                    lost: AtomicBool::new(false),
+                })
+            })
+            .collect();
+        let mut table = self.lock();
+        for h in &held {
+            table.insert(h.lease.token, h.clone());
+        }
+        drop(table);
         held
     }
 
@@ -96,5 +107,37 @@ pub(crate) async fn heartbeat(broker: Arc<dyn DynBroker>, table: LeaseTable, lea
                 tracing::warn!(error = %e.chain_text(), "lease renewal failed; will try again");
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use celeriac_core::TaskId;
+
+    fn lease(token: u64) -> Lease {
+        Lease {
+            id: TaskId::new(),
+            queue: Arc::from("q"),
+            token,
+            receipt: token,
+        }
+    }
+
+    #[test]
+    fn insert_many_keeps_order_and_each_entry_is_removable() {
+        let table = LeaseTable::new();
+        let held = table.insert_many((1..=3).map(lease));
+        let tokens: Vec<u64> = held.iter().map(|h| h.lease.token).collect();
+        assert_eq!(tokens, vec![1, 2, 3]);
+        assert_eq!(table.snapshot().len(), 3);
+        table.remove(2);
+        let mut left: Vec<u64> = table.snapshot().iter().map(|h| h.lease.token).collect();
+        left.sort_unstable();
+        assert_eq!(left, vec![1, 3]);
+        // Each attempt has its own cancellation signal.
+        held[0].cancel.cancel();
+        assert!(!held[2].cancel.is_cancelled());
     }
 }

@@ -17,13 +17,13 @@ mod execute;
 mod lease;
 mod shutdown;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use celeriac_core::{Delivery, Error, FetchRequest, Settlement};
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tokio_util::task::TaskTracker;
 
 use crate::app::App;
@@ -56,6 +56,36 @@ impl WorkerStats {
     /// Returns the number of attempts that finished (success or failure).
     pub fn finished(&self) -> u64 {
         self.succeeded.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed)
+    }
+}
+
+/// The soft-stop signal: a cancellation token with a flag beside it.
+///
+/// Every attempt checks for a soft stop before it starts; the token's own
+/// `is_cancelled` takes a mutex shared by every runner, so the check reads
+/// the flag instead. The flag is set before the token fires, so whoever
+/// sees the token cancelled also sees the flag.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Stop {
+    token: CancellationToken,
+    flag: Arc<AtomicBool>,
+}
+
+impl Stop {
+    /// Signals the stop.
+    pub(crate) fn cancel(&self) {
+        self.flag.store(true, Ordering::Release);
+        self.token.cancel();
+    }
+
+    /// Returns true once the stop was signalled.
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.flag.load(Ordering::Acquire)
+    }
+
+    /// Returns a future that resolves once the stop is signalled.
+    pub(crate) fn cancelled(&self) -> WaitForCancellationFuture<'_> {
+        self.token.cancelled()
     }
 }
 
@@ -179,7 +209,7 @@ impl WorkerBuilder {
 
     /// Starts the worker in the background and returns its handle.
     pub fn spawn(self) -> WorkerHandle {
-        let soft = CancellationToken::new();
+        let soft = Stop::default();
         let hard = CancellationToken::new();
         let stats = Arc::new(WorkerStats::default());
         let grace = self.grace;
@@ -197,7 +227,7 @@ impl WorkerBuilder {
 /// A running worker.
 #[derive(Debug)]
 pub struct WorkerHandle {
-    soft: CancellationToken,
+    soft: Stop,
     hard: CancellationToken,
     stats: Arc<WorkerStats>,
     grace: Duration,
@@ -250,7 +280,7 @@ impl WorkerHandle {
 
 async fn run_worker(
     cfg: WorkerBuilder,
-    soft: CancellationToken,
+    soft: Stop,
     hard: CancellationToken,
     stats: Arc<WorkerStats>,
 ) -> Result<(), Error> {
@@ -293,14 +323,22 @@ async fn run_worker(
         });
     }
     drop(rx);
+    // Refills in batches: while more than half the prefetch buffer is still
+    // queued every runner has work, so the loop waits until that half has
+    // drained and takes it back in one fetch (one broker round trip, one
+    // lock) rather than waking for each finished task and fetching one
+    // message at a time. Below that mark it fetches at once, so a runner
+    // never idles because of it; with no prefetch it fetches per slot.
+    let refill = (cfg.prefetch / 2).clamp(1, MAX_FETCH.min(capacity));
+    let refill = u32::try_from(refill).unwrap_or(1);
     let mut backoff = Duration::from_millis(50);
     'fetch: while !soft.is_cancelled() {
         let first = tokio::select! {
-            p = permits.acquire() => match p { Ok(p) => p, Err(_) => break },
+            p = permits.acquire_many(refill) => match p { Ok(p) => p, Err(_) => break },
             () = soft.cancelled() => break,
         };
         first.forget();
-        let mut slots = 1;
+        let mut slots = refill as usize;
         while slots < capacity.min(MAX_FETCH) {
             match permits.try_acquire() {
                 Ok(p) => {
@@ -336,16 +374,22 @@ async fn run_worker(
             }
         };
         let unused = slots.saturating_sub(deliveries.len());
-        for (i, delivery) in deliveries.into_iter().enumerate() {
-            if i >= slots {
-                // The broker returned more than asked; hand the rest back.
-                if let Err(e) = broker.settle(&delivery.lease, Settlement::Release).await {
-                    tracing::warn!(error = %e, "release of an extra delivery failed");
-                }
-                continue;
+        let mut deliveries = deliveries;
+        let extra = if deliveries.len() > slots {
+            deliveries.split_off(slots)
+        } else {
+            Vec::new()
+        };
+        for delivery in extra {
+            // The broker returned more than asked; hand the rest back.
+            if let Err(e) = broker.settle(&delivery.lease, Settlement::Release).await {
+                tracing::warn!(error = %e, "release of an extra delivery failed");
             }
-            let held = leases.insert(delivery.lease.clone(), CancellationToken::new());
-            if tx.send((delivery, held)).await.is_err() {
+        }
+        // One lock of the lease table for the whole batch, not one each.
+        let held = leases.insert_many(deliveries.iter().map(|d| d.lease.clone()));
+        for pair in deliveries.into_iter().zip(held) {
+            if tx.send(pair).await.is_err() {
                 break 'fetch;
             }
         }
