@@ -156,7 +156,20 @@ impl Broker for SqliteBroker {
     }
 
     async fn revoke(&self, id: &TaskId) -> Result<Revoked, Error> {
-        match self.call(Op::Revoke(id.as_str().to_owned())).await? {
+        // Waiting rows have no index on their id (see the schema docs): find
+        // them with a scan on a read connection, so the writer is not held.
+        let scan_id = id.as_str().to_owned();
+        let (waiting, scanned_below) = self
+            .inner
+            .readers
+            .run(move |conn| reader::waiting_with_id(conn, &scan_id))
+            .await?;
+        let op = Op::Revoke {
+            id: id.as_str().to_owned(),
+            waiting,
+            scanned_below,
+        };
+        match self.call(op).await? {
             Answer::Revoked(r) => Ok(r),
             other => Err(unexpected(other)),
         }

@@ -3,18 +3,19 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{mpsc, Arc};
 
 use celeriac_core::{Error, ErrorKind};
 use tokio::sync::oneshot;
 
-use crate::config::{Config, SqliteBrokerBuilder};
+use crate::config::{Config, SqliteBrokerBuilder, Synchronous};
 use crate::reader::Readers;
 use crate::schema;
-use crate::util::{closed, duration_ms};
+use crate::util::{closed, db_error, duration_ms};
 use crate::wake::{Shared, Sidecar, Watcher};
-use crate::writer::{self, Answer, Command, NewRow, Op, WriterConfig};
+use crate::writer::durable::{self, Announcer, Completion};
+use crate::writer::{self, Answer, Command, Finishing, NewRow, Op, WriterConfig};
 
 /// The embedded durable broker and result backend: one SQLite file.
 ///
@@ -97,21 +98,43 @@ impl SqliteBroker {
     fn open_blocking(config: Config) -> Result<Self, Error> {
         let conn = schema::connect(&config)?;
         schema::migrate(&conn)?;
-        let watch_conn = schema::connect_reader(&config)?;
-        let sidecar = Sidecar::open(&config.path)?;
+        // The writer never flushes inside COMMIT nor checkpoints there: the
+        // syncer and the checkpointer threads do (see `writer::durable`).
+        conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 0;")
+            .map_err(|e| db_error("cannot configure the writer", e))?;
         let shared = Arc::new(Shared::default());
+        let announcer = Arc::new(Announcer::new(
+            Arc::clone(&shared),
+            Sidecar::open(&config.path)?,
+        ));
+        let wal_path = durable::wal_path(&config.path);
+        let completion = match config.synchronous {
+            Synchronous::Normal => Completion::Direct(announcer),
+            Synchronous::Full => durable::synced(&wal_path, announcer)?,
+        };
+        let commits = Arc::new(AtomicU64::new(0));
+        let checkpoints =
+            durable::spawn_checkpointer(schema::connect(&config)?, Arc::clone(&commits))?;
         let (commands, received) = mpsc::channel();
         writer::spawn(
             conn,
             received,
-            Arc::clone(&shared),
-            sidecar,
+            Finishing {
+                completion,
+                checkpoints,
+                commits,
+                wal_path,
+            },
             WriterConfig {
                 max_queue_length: config.max_queue_length,
                 result_expiry_ms: duration_ms(config.result_expiry),
             },
         )?;
-        let watcher = Watcher::start(&config.path, watch_conn, Arc::clone(&shared))?;
+        let watcher = Watcher::start(
+            &config.path,
+            || schema::connect_reader(&config),
+            Arc::clone(&shared),
+        )?;
         Ok(SqliteBroker {
             inner: Arc::new(Inner {
                 path: config.path.clone(),

@@ -73,6 +73,29 @@ pub(crate) fn get_result(conn: &Connection, id: &str) -> Result<Option<TaskResul
     .transpose()
 }
 
+/// Returns the waiting (not leased) rows with task id `id`, and the first
+/// row number this read could not see (the `next_seq` counter), in one
+/// snapshot. A full scan: waiting rows have no index on their id.
+pub(crate) fn waiting_with_id(conn: &Connection, id: &str) -> Result<(Vec<i64>, i64), Error> {
+    let scan = || -> rusqlite::Result<(Vec<i64>, i64)> {
+        conn.execute_batch("BEGIN")?;
+        let next: i64 = conn
+            .prepare_cached("SELECT value FROM meta WHERE name = 'next_seq'")?
+            .query_row([], |r| r.get(0))?;
+        let seqs = conn
+            .prepare_cached("SELECT seq FROM tasks WHERE id = ?1 AND state <> 2")?
+            .query_map([id], |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<i64>>>()?;
+        conn.execute_batch("COMMIT")?;
+        Ok((seqs, next))
+    };
+    scan().map_err(|e| {
+        // Leave no read transaction open on a pooled connection.
+        let _ = conn.execute_batch("ROLLBACK");
+        db_error("cannot look for a task to revoke", e)
+    })
+}
+
 /// Returns the depth of every queue that holds a message.
 pub(crate) fn queue_stats(conn: &Connection) -> Result<Vec<QueueStats>, Error> {
     // A row whose eta or lease deadline passed counts as ready: the next

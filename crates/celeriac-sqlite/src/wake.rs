@@ -10,8 +10,8 @@
 //!   commit.
 //! * **In other handles and other processes**, the committing writer then
 //!   writes one byte to a sidecar file, `<database>-notify`, and every
-//!   handle's watcher thread is woken by inotify (`IN_MODIFY`), re-reads the
-//!   two counters and signals its own `Notify` if either moved.
+//!   handle's inotify thread is woken (`IN_MODIFY`), re-reads the two
+//!   counters and signals its own `Notify` if either moved.
 //!
 //! Why a sidecar rather than the `-wal` file itself: SQLite's last `write`
 //! to the log comes *before* the commit becomes visible (the `fsync` and
@@ -20,13 +20,13 @@
 //! would have to poll. The sidecar is written after the commit.
 //!
 //! As a safety net (no inotify, a deleted sidecar, another tool writing the
-//! file) the watcher also re-reads the counters every
+//! file) a second thread also re-reads the counters every
 //! [`FALLBACK_INTERVAL`]; this is one indexed read, not a fetch.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,7 +52,34 @@ pub(crate) struct Shared {
     pub(crate) local_ready_version: AtomicI64,
     /// The last `result_version` this handle's writer committed and signalled.
     pub(crate) local_result_version: AtomicI64,
-    stop: AtomicBool,
+    /// The last `ready_version` the watcher threads read.
+    seen_ready_version: AtomicI64,
+    /// The last `result_version` the watcher threads read.
+    seen_result_version: AtomicI64,
+}
+
+impl Shared {
+    /// Reads the change counters on `conn` and signals whichever moved,
+    /// unless this handle's own writer already did.
+    fn check(&self, conn: &Connection) {
+        let (ready, results) = match read_versions(conn) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the change counters");
+                return;
+            }
+        };
+        if self.seen_ready_version.swap(ready, Ordering::SeqCst) != ready
+            && self.local_ready_version.load(Ordering::SeqCst) != ready
+        {
+            self.ready.notify_waiters();
+        }
+        if self.seen_result_version.swap(results, Ordering::SeqCst) != results
+            && self.local_result_version.load(Ordering::SeqCst) != results
+        {
+            self.results.notify_waiters();
+        }
+    }
 }
 
 /// Returns the path of the sidecar file written after announcing commits.
@@ -108,47 +135,58 @@ pub(crate) fn read_versions(conn: &Connection) -> Result<(i64, i64), Error> {
     .map_err(|e| db_error("cannot read the change counters", e))
 }
 
-/// The running watcher; dropping it stops its threads.
+/// The running watcher threads; dropping this stops them.
 #[derive(Debug)]
 pub(crate) struct Watcher {
-    shared: Arc<Shared>,
-    wake: mpsc::Sender<()>,
+    stop: mpsc::Sender<()>,
     watch: Option<(Watches, WatchDescriptor)>,
 }
 
 impl Watcher {
-    /// Starts the watcher thread (and the inotify thread, if inotify works)
-    /// for the database at `db`, reading counters on `conn`.
-    pub(crate) fn start(db: &Path, conn: Connection, shared: Arc<Shared>) -> Result<Self, Error> {
-        let (wake, events) = mpsc::channel::<()>();
-        let watch = match start_inotify(&sidecar_path(db), wake.clone()) {
+    /// Starts the inotify thread (if inotify works) and the fallback thread
+    /// for the database at `db`, opening read connections with `connect`.
+    pub(crate) fn start(
+        db: &Path,
+        connect: impl Fn() -> Result<Connection, Error>,
+        shared: Arc<Shared>,
+    ) -> Result<Self, Error> {
+        let fallback_conn = connect()?;
+        let (ready, results) = read_versions(&fallback_conn)?;
+        shared.seen_ready_version.store(ready, Ordering::SeqCst);
+        shared.seen_result_version.store(results, Ordering::SeqCst);
+        let watch = match connect().and_then(|conn| {
+            start_inotify(&sidecar_path(db), conn, Arc::clone(&shared)).map_err(|e| {
+                Error::with_source(ErrorKind::Other, "cannot watch the wake-up file", e)
+            })
+        }) {
             Ok(w) => Some(w),
             Err(e) => {
                 tracing::warn!(
-                    error = %e,
+                    error = %e.chain_text(),
                     "inotify is unavailable; other processes' commits are seen within 500 ms"
                 );
                 None
             }
         };
-        let initial = read_versions(&conn)?;
-        let thread_shared = Arc::clone(&shared);
+        let (stop, stopped) = mpsc::channel::<()>();
         std::thread::Builder::new()
             .name("celeriac-sqlite-watch".into())
-            .spawn(move || watch_loop(conn, thread_shared, events, initial))
+            .spawn(move || {
+                // Either a stop or every sender gone ends the loop.
+                while let Err(mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(FALLBACK_INTERVAL)
+                {
+                    shared.check(&fallback_conn);
+                }
+            })
             .map_err(|e| Error::with_source(ErrorKind::Other, "cannot start the watcher", e))?;
-        Ok(Watcher {
-            shared,
-            wake,
-            watch,
-        })
+        Ok(Watcher { stop, watch })
     }
 }
 
 impl Drop for Watcher {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        let _ = self.wake.send(());
+        let _ = self.stop.send(());
         if let Some((mut watches, wd)) = self.watch.take() {
             // Removing the watch queues IN_IGNORED, which ends the inotify
             // thread's blocking read.
@@ -159,7 +197,8 @@ impl Drop for Watcher {
 
 fn start_inotify(
     sidecar: &Path,
-    wake: mpsc::Sender<()>,
+    conn: Connection,
+    shared: Arc<Shared>,
 ) -> std::io::Result<(Watches, WatchDescriptor)> {
     let mut inotify = Inotify::init()?;
     let mut watches = inotify.watches();
@@ -180,49 +219,12 @@ fn start_inotify(
                 for event in events {
                     ended |= event.mask.contains(EventMask::IGNORED);
                 }
-                if wake.send(()).is_err() || ended {
+                if ended {
                     return;
                 }
+                // One read covers every event of the batch.
+                shared.check(&conn);
             }
         })?;
     Ok((watches, wd))
-}
-
-fn watch_loop(
-    conn: Connection,
-    shared: Arc<Shared>,
-    events: mpsc::Receiver<()>,
-    (mut ready, mut results): (i64, i64),
-) {
-    loop {
-        match events.recv_timeout(FALLBACK_INTERVAL) {
-            Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => return,
-        }
-        // Coalesce a burst of events into one read.
-        while events.try_recv().is_ok() {}
-        if shared.stop.load(Ordering::SeqCst) {
-            return;
-        }
-        let (r, s) = match read_versions(&conn) {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot read the change counters");
-                continue;
-            }
-        };
-        // Versions this handle's own writer committed were signalled already.
-        if r != ready {
-            ready = r;
-            if r != shared.local_ready_version.load(Ordering::SeqCst) {
-                shared.ready.notify_waiters();
-            }
-        }
-        if s != results {
-            results = s;
-            if s != shared.local_result_version.load(Ordering::SeqCst) {
-                shared.results.notify_waiters();
-            }
-        }
-    }
 }

@@ -50,35 +50,39 @@ pub(super) fn replay_dead_letters(
     ids: Option<&[String]>,
 ) -> rusqlite::Result<Answer> {
     let now = now_ms();
-    let mut count = 0u64;
-    match ids {
-        None => {
-            count += tx
-                .conn
-                .prepare_cached(
-                    "INSERT INTO tasks (id, task, queue, priority, state, not_before, payload)
-                     SELECT id, task, queue, priority, 0, ?1, raw FROM dead_letters ORDER BY seq",
-                )?
-                .execute([now])? as u64;
-            tx.conn
-                .prepare_cached("DELETE FROM dead_letters")?
-                .execute([])?;
-        }
+    // Which dead letters go back, oldest first.
+    let chosen: Vec<i64> = match ids {
+        None => tx
+            .conn
+            .prepare_cached("SELECT seq FROM dead_letters ORDER BY seq")?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?,
         Some(ids) => {
+            let mut chosen = Vec::new();
             for id in ids {
-                count += tx
+                let mut st = tx
                     .conn
-                    .prepare_cached(
-                        "INSERT INTO tasks (id, task, queue, priority, state, not_before, payload)
-                         SELECT id, task, queue, priority, 0, ?2, raw FROM dead_letters
-                         WHERE id = ?1 ORDER BY seq",
-                    )?
-                    .execute(rusqlite::params![id, now])? as u64;
-                tx.conn
-                    .prepare_cached("DELETE FROM dead_letters WHERE id = ?1")?
-                    .execute([id])?;
+                    .prepare_cached("SELECT seq FROM dead_letters WHERE id = ?1")?;
+                for seq in st.query_map([id], |r| r.get::<_, i64>(0))? {
+                    chosen.push(seq?);
+                }
             }
+            chosen.sort_unstable();
+            chosen
         }
+    };
+    let count = chosen.len() as u64;
+    for dead in chosen {
+        let seq = tx.seqs(1)?;
+        tx.conn
+            .prepare_cached(
+                "INSERT INTO tasks (seq, id, task, queue, priority, state, not_before, payload)
+                 SELECT ?1, id, task, queue, priority, 0, ?2, raw FROM dead_letters WHERE seq = ?3",
+            )?
+            .execute(rusqlite::params![seq, now, dead])?;
+        tx.conn
+            .prepare_cached("DELETE FROM dead_letters WHERE seq = ?1")?
+            .execute([dead])?;
     }
     if count > 0 {
         tx.ready_changed = true;

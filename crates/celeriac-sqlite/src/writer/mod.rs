@@ -26,12 +26,15 @@
 //! | [`queue`] | publish, fetch (promotion, fair leasing), purge |
 //! | [`settle`] | settle, extend, revoke |
 //! | [`admin`] | dead-letter replay and purge, results, the expiry sweep |
+//! | [`durable`] | after the commit: the flush, the answers, announcements, checkpoints |
 
 mod admin;
+pub(crate) mod durable;
 mod queue;
 mod settle;
 
-use std::sync::atomic::Ordering;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 
@@ -40,7 +43,7 @@ use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 use crate::util::{db_error, now_ms};
-use crate::wake::{Shared, Sidecar};
+use durable::{Announce, Committed, Completion};
 
 /// The most commands run in one transaction; bounds the time a caller at
 /// the end of a long queue waits, and the transaction size.
@@ -97,7 +100,13 @@ pub(crate) enum Op {
         leases: Vec<(i64, i64)>,
         by_ms: i64,
     },
-    Revoke(String),
+    Revoke {
+        id: String,
+        /// Waiting rows with this id, found by a scan on a read connection.
+        waiting: Vec<i64>,
+        /// The first row number that scan could not see.
+        scanned_below: i64,
+    },
     Purge(String),
     ReplayDeadLetters(Option<Vec<String>>),
     PurgeDeadLetters,
@@ -113,7 +122,7 @@ impl Op {
             Op::Fetch { .. } => "cannot lease messages",
             Op::Settle { .. } => "cannot settle a message",
             Op::Extend { .. } => "cannot extend leases",
-            Op::Revoke(_) => "cannot revoke a task",
+            Op::Revoke { .. } => "cannot revoke a task",
             Op::Purge(_) => "cannot purge a queue",
             Op::ReplayDeadLetters(_) => "cannot replay dead letters",
             Op::PurgeDeadLetters => "cannot purge dead letters",
@@ -171,7 +180,7 @@ pub(crate) struct Tx<'c> {
     pub(crate) max_queue_length: Option<usize>,
     pub(crate) result_expiry_ms: i64,
     next_token: Option<i64>,
-    token_dirty: bool,
+    next_seq: Option<i64>,
     pub(crate) ready_changed: bool,
     pub(crate) results_changed: bool,
 }
@@ -183,15 +192,27 @@ impl Tx<'_> {
     pub(crate) fn token(&mut self) -> rusqlite::Result<i64> {
         let next = match self.next_token {
             Some(t) => t,
-            None => self
-                .conn
-                .prepare_cached("SELECT value FROM meta WHERE name = 'next_token'")?
-                .query_row([], |r| r.get(0))?,
+            None => read_counter(self.conn, "next_token")?,
         };
         self.next_token = Some(next + 1);
-        self.token_dirty = true;
         Ok(next)
     }
+
+    /// Returns the row numbers `first..first + n` for new rows, from the
+    /// `next_seq` counter (so they only ever grow, across processes).
+    pub(crate) fn seqs(&mut self, n: i64) -> rusqlite::Result<i64> {
+        let first = match self.next_seq {
+            Some(s) => s,
+            None => read_counter(self.conn, "next_seq")?,
+        };
+        self.next_seq = Some(first + n);
+        Ok(first)
+    }
+}
+
+fn read_counter(conn: &Connection, name: &str) -> rusqlite::Result<i64> {
+    conn.prepare_cached("SELECT value FROM meta WHERE name = ?1")?
+        .query_row([name], |r| r.get(0))
 }
 
 /// The settings the writer needs.
@@ -201,13 +222,25 @@ pub(crate) struct WriterConfig {
     pub(crate) result_expiry_ms: i64,
 }
 
+/// How the writer finishes its groups.
+#[derive(Debug)]
+pub(crate) struct Finishing {
+    /// Answers (after a flush, or at once).
+    pub(crate) completion: Completion,
+    /// Pokes the checkpointer.
+    pub(crate) checkpoints: mpsc::SyncSender<()>,
+    /// Commits so far, read by the checkpointer.
+    pub(crate) commits: Arc<AtomicU64>,
+    /// The write-ahead log, whose size is watched.
+    pub(crate) wal_path: PathBuf,
+}
+
 /// Starts the writer thread; it ends when every sender is dropped, after
 /// finishing the commands already sent.
 pub(crate) fn spawn(
     conn: Connection,
     commands: mpsc::Receiver<Command>,
-    shared: Arc<Shared>,
-    sidecar: Sidecar,
+    finishing: Finishing,
     config: WriterConfig,
 ) -> Result<(), Error> {
     std::thread::Builder::new()
@@ -215,8 +248,7 @@ pub(crate) fn spawn(
         .spawn(move || {
             let mut writer = Writer {
                 conn,
-                shared,
-                sidecar,
+                finishing,
                 config,
                 last_sweep_ms: 0,
             };
@@ -234,22 +266,23 @@ pub(crate) fn spawn(
 
 struct Writer {
     conn: Connection,
-    shared: Arc<Shared>,
-    sidecar: Sidecar,
+    finishing: Finishing,
     config: WriterConfig,
     last_sweep_ms: i64,
-}
-
-/// What a committed group announces.
-struct Announce {
-    ready_version: Option<i64>,
-    result_version: Option<i64>,
 }
 
 impl Writer {
     fn run(&mut self, commands: mpsc::Receiver<Command>) {
         let mut group = Vec::with_capacity(64);
-        while let Ok(first) = commands.recv() {
+        let mut next: Option<Command> = None;
+        loop {
+            let first = match next.take() {
+                Some(c) => c,
+                None => match commands.recv() {
+                    Ok(c) => c,
+                    Err(_) => break,
+                },
+            };
             group.push(first);
             while group.len() < MAX_GROUP {
                 match commands.try_recv() {
@@ -257,23 +290,29 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.run_group(&mut group);
+            // Whether more work waits decides who flushes (see `durable`).
+            next = commands.try_recv().ok();
+            let busy = next.is_some();
+            self.run_group(&mut group, busy);
+            self.after_commit();
         }
     }
 
-    fn run_group(&mut self, group: &mut Vec<Command>) {
+    fn run_group(&mut self, group: &mut Vec<Command>, busy: bool) {
         let sweep = now_ms() - self.last_sweep_ms >= SWEEP_EVERY_MS;
         match self.transact(group.iter().map(|c| &c.op), sweep) {
             Ok((answers, announce)) => {
                 if sweep {
                     self.last_sweep_ms = now_ms();
                 }
-                self.announce(announce);
-                for (cmd, answer) in group.drain(..).zip(answers) {
-                    // The caller may have given up (a dropped fetch); its
-                    // leases then simply expire.
-                    let _ = cmd.reply.send(Ok(answer));
-                }
+                let replies = group
+                    .drain(..)
+                    .zip(answers)
+                    .map(|(cmd, answer)| (cmd.reply, Ok(answer)))
+                    .collect();
+                self.finishing
+                    .completion
+                    .complete(Committed { replies, announce }, busy);
             }
             Err(e) if group.len() == 1 => {
                 if let Some(cmd) = group.pop() {
@@ -283,16 +322,37 @@ impl Writer {
             Err(e) => {
                 tracing::debug!(error = %e, commands = group.len(), "group commit failed; retrying one by one");
                 for cmd in group.drain(..) {
-                    let outcome = match self.transact(std::iter::once(&cmd.op), false) {
-                        Ok((mut answers, announce)) => {
-                            self.announce(announce);
-                            answers.pop().ok_or_else(crate::util::closed)
+                    match self.transact(std::iter::once(&cmd.op), false) {
+                        Ok((answers, announce)) => {
+                            let answer = answers.into_iter().next().ok_or_else(crate::util::closed);
+                            self.finishing.completion.complete(
+                                Committed {
+                                    replies: vec![(cmd.reply, answer)],
+                                    announce,
+                                },
+                                true,
+                            );
                         }
-                        Err(e) => Err(db_error(cmd.op.failure(), e)),
-                    };
-                    let _ = cmd.reply.send(outcome);
+                        Err(e) => {
+                            let _ = cmd.reply.send(Err(db_error(cmd.op.failure(), e)));
+                        }
+                    }
                 }
             }
+        }
+    }
+
+    /// Pokes the checkpointer, and checkpoints here when the log has grown
+    /// too long for the background checkpoints to let it restart.
+    fn after_commit(&self) {
+        let commits = self.finishing.commits.fetch_add(1, Ordering::Relaxed) + 1;
+        if commits % durable::CHECKPOINT_COMMITS == 0 {
+            let _ = self.finishing.checkpoints.try_send(());
+        }
+        let long = std::fs::metadata(&self.finishing.wal_path)
+            .is_ok_and(|m| m.len() > durable::WAL_RESTART_BYTES);
+        if long {
+            durable::checkpoint(&self.conn);
         }
     }
 
@@ -310,7 +370,7 @@ impl Writer {
                 max_queue_length: self.config.max_queue_length,
                 result_expiry_ms: self.config.result_expiry_ms,
                 next_token: None,
-                token_dirty: false,
+                next_seq: None,
                 ready_changed: false,
                 results_changed: false,
             };
@@ -337,20 +397,6 @@ impl Writer {
             }
         }
     }
-
-    fn announce(&self, announce: Announce) {
-        if let Some(v) = announce.ready_version {
-            self.shared.local_ready_version.store(v, Ordering::SeqCst);
-            self.shared.ready.notify_waiters();
-        }
-        if let Some(v) = announce.result_version {
-            self.shared.local_result_version.store(v, Ordering::SeqCst);
-            self.shared.results.notify_waiters();
-        }
-        if announce.ready_version.is_some() || announce.result_version.is_some() {
-            self.sidecar.touch();
-        }
-    }
 }
 
 fn apply(tx: &mut Tx<'_>, op: &Op) -> rusqlite::Result<Answer> {
@@ -364,7 +410,11 @@ fn apply(tx: &mut Tx<'_>, op: &Op) -> rusqlite::Result<Answer> {
         } => queue::fetch(tx, queues, *start, *max, *lease_ms),
         Op::Settle { seq, token, op } => settle::settle(tx, *seq, *token, op),
         Op::Extend { leases, by_ms } => settle::extend(tx, leases, *by_ms),
-        Op::Revoke(id) => settle::revoke(tx, id),
+        Op::Revoke {
+            id,
+            waiting,
+            scanned_below,
+        } => settle::revoke(tx, id, waiting, *scanned_below),
         Op::Purge(queue) => queue::purge(tx, queue),
         Op::ReplayDeadLetters(ids) => admin::replay_dead_letters(tx, ids.as_deref()),
         Op::PurgeDeadLetters => admin::purge_dead_letters(tx),
@@ -375,11 +425,11 @@ fn apply(tx: &mut Tx<'_>, op: &Op) -> rusqlite::Result<Answer> {
 
 /// Writes the token counter and bumps the change counters, before commit.
 fn finish(tx: &mut Tx<'_>) -> rusqlite::Result<Announce> {
-    if tx.token_dirty {
-        if let Some(next) = tx.next_token {
+    for (name, value) in [("next_token", tx.next_token), ("next_seq", tx.next_seq)] {
+        if let Some(value) = value {
             tx.conn
-                .prepare_cached("UPDATE meta SET value = ?1 WHERE name = 'next_token'")?
-                .execute([next])?;
+                .prepare_cached("UPDATE meta SET value = ?2 WHERE name = ?1")?
+                .execute(rusqlite::params![name, value])?;
         }
     }
     let bump = |name: &str| -> rusqlite::Result<i64> {

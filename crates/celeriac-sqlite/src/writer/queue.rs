@@ -9,17 +9,19 @@ use crate::schema::{DELAYED, LEASED, READY};
 use crate::util::now_ms;
 
 /// Inserts one new row, ready now or delayed until its eta.
-pub(super) fn insert(tx: &Tx<'_>, row: &NewRow, now: i64) -> rusqlite::Result<()> {
+pub(super) fn insert(tx: &mut Tx<'_>, row: &NewRow, now: i64) -> rusqlite::Result<()> {
     let (state, not_before) = match row.eta_ms {
         Some(eta) if eta > now => (DELAYED, eta),
         _ => (READY, now),
     };
+    let seq = tx.seqs(1)?;
     tx.conn
         .prepare_cached(
-            "INSERT INTO tasks (id, task, queue, priority, state, not_before, payload)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO tasks (seq, id, task, queue, priority, state, not_before, payload)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?
         .execute(rusqlite::params![
+            seq,
             row.id,
             row.task,
             row.queue,
@@ -98,16 +100,22 @@ fn count_waiting(tx: &Tx<'_>, queue: &str, now: i64) -> rusqlite::Result<usize> 
 /// instead, with a `REVOKED` result: it was revoked, and no one holds it
 /// any more.
 pub(super) fn promote(tx: &mut Tx<'_>, queue: &str, now: i64) -> rusqlite::Result<()> {
+    // RETURNING is slow in SQLite (it buffers the rows), so the rare revoked
+    // rows are found first and deleted one by one.
     let dropped = tx
         .conn
         .prepare_cached(
-            "DELETE FROM tasks
-             WHERE state > 0 AND queue = ?1 AND not_before <= ?2 AND revoked = 1
-             RETURNING id",
+            "SELECT seq, id FROM tasks
+             WHERE state > 0 AND queue = ?1 AND not_before <= ?2 AND revoked = 1",
         )?
-        .query_map(rusqlite::params![queue, now], |r| r.get::<_, String>(0))?
-        .collect::<rusqlite::Result<Vec<String>>>()?;
-    for id in dropped {
+        .query_map(rusqlite::params![queue, now], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+        })?
+        .collect::<rusqlite::Result<Vec<(i64, String)>>>()?;
+    for (seq, id) in dropped {
+        tx.conn
+            .prepare_cached("DELETE FROM tasks WHERE seq = ?1")?
+            .execute([seq])?;
         admin::store_revoked(tx, &id)?;
     }
     tx.conn
@@ -129,23 +137,32 @@ pub(super) fn fetch(
 ) -> rusqlite::Result<Answer> {
     let now = now_ms();
     let limit = i64::try_from(max).unwrap_or(i64::MAX);
-    let mut candidates: Vec<VecDeque<i64>> = Vec::with_capacity(queues.len());
-    for (i, queue) in queues.iter().enumerate() {
-        if queues[..i].contains(queue) {
+    let mut candidates: Vec<VecDeque<LeasedRow>> = Vec::with_capacity(queues.len());
+    for (qi, queue) in queues.iter().enumerate() {
+        if queues[..qi].contains(queue) {
             candidates.push(VecDeque::new());
             continue;
         }
         promote(tx, queue, now)?;
-        // `tasks_ready` holds exactly these rows in this order, and covers
-        // the query, so only the rows taken are read.
+        // `tasks_ready` holds exactly these rows in this order. The rows are
+        // read here, once, rather than after the update (RETURNING is slow).
         let mut st = tx.conn.prepare_cached(
-            "SELECT seq FROM tasks WHERE state = 0 AND queue = ?1
+            "SELECT seq, id, deliveries, payload FROM tasks WHERE state = 0 AND queue = ?1
              ORDER BY priority DESC, seq LIMIT ?2",
         )?;
-        let seqs = st
-            .query_map(rusqlite::params![queue, limit], |r| r.get::<_, i64>(0))?
-            .collect::<rusqlite::Result<VecDeque<i64>>>()?;
-        candidates.push(seqs);
+        let rows = st
+            .query_map(rusqlite::params![queue, limit], |r| {
+                Ok(LeasedRow {
+                    seq: r.get(0)?,
+                    token: 0,
+                    id: r.get(1)?,
+                    queue: qi,
+                    deliveries: r.get(2)?,
+                    payload: r.get(3)?,
+                })
+            })?
+            .collect::<rusqlite::Result<VecDeque<LeasedRow>>>()?;
+        candidates.push(rows);
     }
 
     let n = queues.len();
@@ -157,31 +174,25 @@ pub(super) fn fetch(
             if rows.len() >= max {
                 break 'rounds;
             }
-            let qi = (start + k) % n;
-            let Some(seq) = candidates[qi].pop_front() else {
+            let Some(mut row) = candidates[(start + k) % n].pop_front() else {
                 continue;
             };
             took = true;
-            let token = tx.token()?;
-            let leased = tx
-                .conn
+            row.token = tx.token()?;
+            row.deliveries += 1;
+            tx.conn
                 .prepare_cached(
-                    "UPDATE tasks SET state = ?2, not_before = ?3, token = ?4,
-                            deliveries = deliveries + 1
-                     WHERE seq = ?1
-                     RETURNING id, deliveries, payload",
+                    "UPDATE tasks SET state = ?2, not_before = ?3, token = ?4, deliveries = ?5
+                     WHERE seq = ?1",
                 )?
-                .query_row(rusqlite::params![seq, LEASED, deadline, token], |r| {
-                    Ok(LeasedRow {
-                        seq,
-                        token,
-                        id: r.get(0)?,
-                        queue: qi,
-                        deliveries: r.get(1)?,
-                        payload: r.get(2)?,
-                    })
-                })?;
-            rows.push(leased);
+                .execute(rusqlite::params![
+                    row.seq,
+                    LEASED,
+                    deadline,
+                    row.token,
+                    row.deliveries
+                ])?;
+            rows.push(row);
         }
         if !took {
             break;

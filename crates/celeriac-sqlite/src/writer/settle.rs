@@ -107,41 +107,74 @@ pub(super) fn extend(
     by_ms: i64,
 ) -> rusqlite::Result<Answer> {
     let deadline = now_ms().saturating_add(by_ms);
-    let mut st = tx.conn.prepare_cached(
-        "UPDATE tasks SET state = ?3, not_before = ?4 WHERE seq = ?1 AND token = ?2
-         RETURNING revoked",
-    )?;
     let mut statuses = Vec::with_capacity(leases.len());
     for &(seq, token) in leases {
-        let mut rows = st.query(rusqlite::params![seq, token, LEASED, deadline])?;
-        let status = match rows.next()? {
-            Some(row) if row.get::<_, i64>(0)? != 0 => LeaseStatus::Revoked,
-            Some(_) => LeaseStatus::Held,
-            None => LeaseStatus::Lost,
+        let extended = tx
+            .conn
+            .prepare_cached(
+                "UPDATE tasks SET state = ?3, not_before = ?4 WHERE seq = ?1 AND token = ?2",
+            )?
+            .execute(rusqlite::params![seq, token, LEASED, deadline])?;
+        let status = if extended == 0 {
+            LeaseStatus::Lost
+        } else {
+            let revoked: i64 = tx
+                .conn
+                .prepare_cached("SELECT revoked FROM tasks WHERE seq = ?1")?
+                .query_row([seq], |r| r.get(0))?;
+            if revoked != 0 {
+                LeaseStatus::Revoked
+            } else {
+                LeaseStatus::Held
+            }
         };
         statuses.push(status);
     }
     Ok(Answer::Statuses(statuses))
 }
 
-/// Revokes a task: deletes its waiting rows, flags its running ones, or
+/// Revokes a task: flags its running rows, deletes its waiting ones, or
 /// remembers the id for a message not seen yet.
-pub(super) fn revoke(tx: &mut Tx<'_>, id: &str) -> rusqlite::Result<Answer> {
+///
+/// `waiting` are the rows a scan on a read connection found waiting with
+/// this id, and `scanned_below` the first row number that scan could not
+/// see; rows published since are checked here by row number, so nothing
+/// slips between the scan and this transaction.
+pub(super) fn revoke(
+    tx: &mut Tx<'_>,
+    id: &str,
+    waiting: &[i64],
+    scanned_below: i64,
+) -> rusqlite::Result<Answer> {
     let now = now_ms();
-    // A leased row whose lease ended is waiting again, and goes too.
-    let removed = tx
-        .conn
-        .prepare_cached("DELETE FROM tasks WHERE id = ?1 AND (state <> ?2 OR not_before <= ?3)")?
-        .execute(rusqlite::params![id, LEASED, now])?;
-    if removed > 0 {
-        return Ok(Answer::Revoked(Revoked::Removed));
-    }
+    // Running: a live lease. Found through the partial index on leased ids.
     let flagged = tx
         .conn
-        .prepare_cached("UPDATE tasks SET revoked = 1 WHERE id = ?1")?
-        .execute([id])?;
+        .prepare_cached(
+            "UPDATE tasks SET revoked = 1 WHERE state = 2 AND id = ?1 AND not_before > ?2",
+        )?
+        .execute(rusqlite::params![id, now])?;
+    // A leased row whose lease ended is waiting again, and goes.
+    let mut removed = tx
+        .conn
+        .prepare_cached("DELETE FROM tasks WHERE state = 2 AND id = ?1 AND not_before <= ?2")?
+        .execute(rusqlite::params![id, now])?;
+    for &seq in waiting {
+        removed += tx
+            .conn
+            .prepare_cached("DELETE FROM tasks WHERE seq = ?1 AND id = ?2 AND state <> ?3")?
+            .execute(rusqlite::params![seq, id, LEASED])?;
+    }
+    removed += tx
+        .conn
+        .prepare_cached("DELETE FROM tasks WHERE seq >= ?1 AND id = ?2 AND state <> ?3")?
+        .execute(rusqlite::params![scanned_below, id, LEASED])?;
+    // As in the memory broker, a running attempt wins: its worker must learn.
     if flagged > 0 {
         return Ok(Answer::Revoked(Revoked::Running));
+    }
+    if removed > 0 {
+        return Ok(Answer::Revoked(Revoked::Removed));
     }
     tx.conn
         .prepare_cached("INSERT OR REPLACE INTO revocations (id, at) VALUES (?1, ?2)")?
