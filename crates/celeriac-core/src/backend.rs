@@ -20,10 +20,7 @@ pub trait ResultBackend: Send + Sync + 'static {
     fn store(&self, result: TaskResult) -> impl Future<Output = Result<(), Error>> + Send;
 
     /// Returns the stored result, if any and not expired.
-    fn get(
-        &self,
-        id: &TaskId,
-    ) -> impl Future<Output = Result<Option<TaskResult>, Error>> + Send;
+    fn get(&self, id: &TaskId) -> impl Future<Output = Result<Option<TaskResult>, Error>> + Send;
 
     /// Waits until the result is in a ready state (success, failure,
     /// revoked) or `timeout` passes; returns the latest result either way.

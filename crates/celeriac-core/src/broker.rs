@@ -199,10 +199,7 @@ pub trait Broker: Send + Sync + 'static {
     /// Publishes messages, each to its queue (`properties.delivery_info.routing_key`).
     ///
     /// All or none: on error nothing was published.
-    fn publish(
-        &self,
-        messages: Vec<Message>,
-    ) -> impl Future<Output = Result<(), Error>> + Send;
+    fn publish(&self, messages: Vec<Message>) -> impl Future<Output = Result<(), Error>> + Send;
 
     /// Leases up to `req.max` ready messages, waiting up to `req.wait` for
     /// the first one.
