@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run --release -p celeriac-sqlite --example bench -- all
 //! cargo run --release -p celeriac-sqlite --example bench -- enqueue 200000
-//! cargo run --release -p celeriac-sqlite --example bench -- drain 200000 500
+//! cargo run --release -p celeriac-sqlite --example bench -- drain 200000 500 2 [results]
 //! cargo run --release -p celeriac-sqlite --example bench -- latency 500
 //! ```
 //!
@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use celeriac_core::{Broker, Error, FetchRequest, Message, Settlement};
+use celeriac_core::{Broker, Error, FetchRequest, Message, Settlement, TaskResult};
 use celeriac_sqlite::SqliteBroker;
 use tokio::task::JoinSet;
 
@@ -48,6 +48,7 @@ fn main() -> Result<(), Error> {
                     arg(&args, 1, 200_000),
                     arg(&args, 2, 500) as usize,
                     arg(&args, 3, 1),
+                    args.get(4).is_some_and(|a| a == "results"),
                 )
                 .await
             }
@@ -55,9 +56,10 @@ fn main() -> Result<(), Error> {
             "latency-publisher" => latency_publisher(&args[1]).await,
             _ => {
                 enqueue(200_000).await?;
-                drain(200_000, 500, 1).await?;
-                drain(200_000, 500, 2).await?;
-                drain(100_000, 100, 2).await?;
+                drain(200_000, 500, 1, false).await?;
+                drain(200_000, 500, 2, false).await?;
+                drain(100_000, 100, 2, false).await?;
+                drain(200_000, 500, 2, true).await?;
                 latency(500).await
             }
         }
@@ -110,7 +112,7 @@ async fn enqueue(total: u64) -> Result<(), Error> {
     Ok(())
 }
 
-async fn drain(total: u64, batch: usize, fetchers: u64) -> Result<(), Error> {
+async fn drain(total: u64, batch: usize, fetchers: u64, results: bool) -> Result<(), Error> {
     let dir = tempdir();
     let b = SqliteBroker::open(dir.join("bench.db")).await?;
     for k in 0..total / 1000 {
@@ -136,9 +138,9 @@ async fn drain(total: u64, batch: usize, fetchers: u64) -> Result<(), Error> {
                 done.fetch_add(got.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 for d in got {
                     let b = b.clone();
-                    settling.spawn(async move {
-                        b.settle(&d.lease, Settlement::Ack { result: None }).await
-                    });
+                    let result = results.then(|| TaskResult::success(d.lease.id.clone(), 0.into()));
+                    settling
+                        .spawn(async move { b.settle(&d.lease, Settlement::Ack { result }).await });
                 }
                 while settling.len() > 2 * batch {
                     if let Some(r) = settling.join_next().await {
@@ -158,7 +160,8 @@ async fn drain(total: u64, batch: usize, fetchers: u64) -> Result<(), Error> {
     let secs = t.elapsed().as_secs_f64();
     let done = done.load(std::sync::atomic::Ordering::Relaxed);
     println!(
-        "drain: {done} no-op tasks, {fetchers} fetch loop(s) of batches of {batch}, one ack each: {secs:.2} s, {:.0} tasks/s",
+        "drain: {done} no-op tasks, {fetchers} fetch loop(s) of batches of {batch}, one ack each{}: {secs:.2} s, {:.0} tasks/s",
+        if results { " with a SUCCESS result" } else { "" },
         done as f64 / secs
     );
     drop(b);

@@ -52,7 +52,7 @@
 //!
 //! | option | values | meaning |
 //! |---|---|---|
-//! | `sync` | `full` (default), `normal` | [`Synchronous`]: `fsync` on every commit, or only at checkpoints |
+//! | `sync` | `full` (default), `normal` | [`Synchronous`]: flush on every commit, or only at checkpoints |
 //! | `max_queue_length` | a number | [`SqliteBrokerBuilder::max_queue_length`] |
 //! | `result_expires` | seconds | [`SqliteBrokerBuilder::result_expiry`] (one day by default) |
 //! | `busy_timeout_ms` | milliseconds | [`SqliteBrokerBuilder::busy_timeout`] (5000 by default) |
@@ -67,19 +67,28 @@
 //! settle, extend) is a committed transaction before the call returns, so
 //! killing any process at any instant loses nothing acknowledged: leases
 //! of a dead worker expire and their messages are delivered again. With
-//! [`Synchronous::Full`] (the default) each commit is also flushed to disk,
-//! so even a power cut loses nothing; [`Synchronous::Normal`] skips that
-//! flush for speed.
+//! [`Synchronous::Full`] (the default) each commit is also flushed to disk
+//! (`fdatasync` of the log) before any caller hears of it, so even a power
+//! cut loses nothing acknowledged; [`Synchronous::Normal`] skips that flush
+//! for speed and may lose the last commits on a power cut (never on a
+//! process crash), without corrupting the file.
+//!
+//! The flush is done by SQLite's rules but not inside SQLite's `COMMIT`:
+//! the write connection runs with `synchronous = NORMAL` and the handle
+//! flushes the log itself, on a syncer thread while the writer already
+//! runs the next group (or on the writer itself when nothing else waits).
+//! Checkpoints (copying the log into the database) run on a background
+//! thread too. See the `writer::durable` module for the details.
 //!
 //! # Several handles, several processes
 //!
 //! Any number of handles, in one process or in many, may open the same
 //! file. Each handle has **one writer thread** that groups every command
 //! queued while the previous commit ran into one `BEGIN IMMEDIATE`
-//! transaction with one `fsync` (group commit); SQLite's write lock orders
+//! transaction with one flush (group commit); SQLite's write lock orders
 //! the writers of all handles, and a message is leased to one fetcher only.
-//! Fencing tokens come from a counter in the file, so they are unique
-//! across processes.
+//! Fencing tokens and row numbers come from counters in the file, so they
+//! are unique across processes.
 //!
 //! A waiting `fetch` or result `wait` sleeps until a commit announces new
 //! work or results: at once for commits of the same handle, and through
@@ -87,6 +96,26 @@
 //! and processes, with a slow re-check as a safety net (see the `wake`
 //! module). A fetch also wakes at the earliest eta or lease deadline of its
 //! queues.
+//!
+//! Each handle runs a few threads: the writer, the syncer, the
+//! checkpointer, an inotify reader and a fallback watcher; reads (results,
+//! statistics) run on tokio's blocking pool.
+//!
+//! # Performance
+//!
+//! Measured with `examples/bench.rs` (release build, `synchronous = FULL`,
+//! a 2-core virtual machine with an SSD): batched publishes of 1000
+//! messages reach about 90 000 messages/s; a worker fetching batches of
+//! 500 and acknowledging each task on its own drains about 40 000 to 50 000
+//! no-op tasks/s; an idle fetch in one process returns a message published
+//! by another about 2 ms after the publish call began. Storing a result
+//! with every acknowledgement costs a random insert into the results table
+//! (task ids are random), and brings the drain rate down to about 10 000
+//! tasks/s; tasks that need no result should say so (`ignore_result`).
+//!
+//! Revoking a *waiting* task scans the tasks table on a read connection:
+//! an index on the (random) ids of waiting tasks would cost most of the
+//! publish rate, and revocation is rare.
 //!
 //! # Layout
 //!

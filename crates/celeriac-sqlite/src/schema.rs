@@ -19,7 +19,8 @@
 //! delayed: `tasks_ready` holds only ready rows in fetch order, and
 //! `tasks_pending` holds only the others, by queue and `not_before`, for
 //! promotion and for the next wake-up time. A fetch never scans a row it
-//! cannot take.
+//! cannot take. Together they also answer queue statistics without
+//! reading the table.
 //!
 //! There is deliberately no index on `tasks.id` for waiting rows: task ids
 //! are random, so such an index would dirty one page per published message
@@ -61,8 +62,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     revoked     INTEGER NOT NULL DEFAULT 0,
     payload     BLOB    NOT NULL
 );
-CREATE INDEX IF NOT EXISTS tasks_ready ON tasks (queue, priority DESC, seq) WHERE state = 0;
-CREATE INDEX IF NOT EXISTS tasks_pending ON tasks (queue, not_before) WHERE state > 0;
+CREATE INDEX IF NOT EXISTS tasks_ready ON tasks (queue, priority DESC, seq, state) WHERE state = 0;
+CREATE INDEX IF NOT EXISTS tasks_pending ON tasks (queue, not_before, state) WHERE state > 0;
 CREATE INDEX IF NOT EXISTS tasks_leased_id ON tasks (id) WHERE state = 2;
 CREATE TABLE IF NOT EXISTS dead_letters (
     seq       INTEGER PRIMARY KEY,

@@ -170,7 +170,7 @@ impl Watcher {
         };
         let (stop, stopped) = mpsc::channel::<()>();
         std::thread::Builder::new()
-            .name("celeriac-sqlite-watch".into())
+            .name("celeriac-watch".into())
             .spawn(move || {
                 // Either a stop or every sender gone ends the loop.
                 while let Err(mpsc::RecvTimeoutError::Timeout) =
@@ -204,7 +204,7 @@ fn start_inotify(
     let mut watches = inotify.watches();
     let wd = watches.add(sidecar, WatchMask::MODIFY)?;
     std::thread::Builder::new()
-        .name("celeriac-sqlite-inotify".into())
+        .name("celeriac-notify".into())
         .spawn(move || {
             let mut buf = [0u8; 1024];
             loop {

@@ -202,7 +202,7 @@ pub(crate) fn synced(wal_path: &Path, announcer: Arc<Announcer>) -> Result<Compl
 fn spawn_syncer(wal: File, announcer: Arc<Announcer>) -> Result<mpsc::Sender<Committed>, Error> {
     let (tx, rx) = mpsc::channel::<Committed>();
     std::thread::Builder::new()
-        .name("celeriac-sqlite-sync".into())
+        .name("celeriac-sync".into())
         .spawn(move || {
             let mut batch = Vec::new();
             while let Ok(first) = rx.recv() {
@@ -235,7 +235,7 @@ pub(crate) fn spawn_checkpointer(
 ) -> Result<mpsc::SyncSender<()>, Error> {
     let (tx, rx) = mpsc::sync_channel::<()>(1);
     std::thread::Builder::new()
-        .name("celeriac-sqlite-ckpt".into())
+        .name("celeriac-ckpt".into())
         .spawn(move || {
             let mut done = commits.load(Ordering::Relaxed);
             loop {

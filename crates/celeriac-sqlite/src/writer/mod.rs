@@ -244,7 +244,7 @@ pub(crate) fn spawn(
     config: WriterConfig,
 ) -> Result<(), Error> {
     std::thread::Builder::new()
-        .name("celeriac-sqlite-writer".into())
+        .name("celeriac-writer".into())
         .spawn(move || {
             let mut writer = Writer {
                 conn,
