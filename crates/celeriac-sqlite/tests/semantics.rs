@@ -562,3 +562,19 @@ async fn a_released_attempt_cannot_settle_again() {
     assert_eq!(err.kind(), ErrorKind::LeaseLost);
     assert_eq!(b.fetch(&now("q", 1)).await.unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn revoke_finds_a_waiting_task_among_many() {
+    let (_dir, b) = fresh().await;
+    let batch: Vec<_> = (0..300)
+        .map(|n| msg(if n % 2 == 0 { "a" } else { "b" }, vec![json!(n)]))
+        .collect();
+    let doomed = batch[151].clone();
+    b.publish(batch).await.unwrap();
+    assert_eq!(b.revoke(doomed.id()).await.unwrap(), Revoked::Removed);
+    let mut left = b.fetch(&now("a", 1000)).await.unwrap();
+    left.extend(b.fetch(&now("b", 1000)).await.unwrap());
+    assert_eq!(left.len(), 299);
+    assert!(left.iter().all(|d| d.lease.id != *doomed.id()));
+    assert_eq!(b.revoke(doomed.id()).await.unwrap(), Revoked::Unknown);
+}
