@@ -67,7 +67,7 @@ impl Broker for SqliteBroker {
         if req.queues.is_empty() || req.max == 0 {
             return Ok(Vec::new());
         }
-        let deadline = Instant::now() + req.wait;
+        let deadline = crate::util::deadline(req.wait);
         let start = self.inner.rotation.fetch_add(1, Ordering::Relaxed) % req.queues.len();
         loop {
             // Register for wake-ups before looking, so that a publish

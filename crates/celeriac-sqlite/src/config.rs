@@ -1,4 +1,4 @@
-//! Options of a [`SqliteBroker`](crate::SqliteBroker): the builder, the
+//! Options of a [`SqliteBroker`]: the builder, the
 //! durability level and the parsing of `sqlite://` URLs.
 
 use std::path::{Path, PathBuf};

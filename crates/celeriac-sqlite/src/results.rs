@@ -37,7 +37,7 @@ impl ResultBackend for SqliteBroker {
     ///
     /// Cancel safe: it only reads.
     async fn wait(&self, id: &TaskId, timeout: Duration) -> Result<Option<TaskResult>, Error> {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::util::deadline(timeout);
         loop {
             // Register before reading, so a store in between is not missed.
             let mut stored = pin!(self.inner.shared.results.notified());

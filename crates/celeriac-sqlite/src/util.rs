@@ -23,6 +23,14 @@ pub(crate) fn duration_ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// Returns the instant `wait` from now, or a year from now when `wait`
+/// is too long to add (`Duration::MAX` means "wait as long as it takes").
+pub(crate) fn deadline(wait: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(wait)
+        .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
+}
+
 /// Returns an instant as milliseconds since the Unix epoch.
 pub(crate) fn instant_ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()

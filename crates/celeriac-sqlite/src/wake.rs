@@ -6,8 +6,8 @@
 //! `result_version` when results were stored. Waiters sleep on a
 //! [`Notify`] for each.
 //!
-//! * **In this handle**, the writer signals the `Notify` right after the
-//!   commit.
+//! * **In this handle**, the `Notify` is signalled as soon as the commit is
+//!   flushed, by whichever thread flushed it (see `writer::durable`).
 //! * **In other handles and other processes**, the committing writer then
 //!   writes one byte to a sidecar file, `<database>-notify`, and every
 //!   handle's inotify thread is woken (`IN_MODIFY`), re-reads the two
@@ -17,7 +17,8 @@
 //! to the log comes *before* the commit becomes visible (the `fsync` and
 //! the shared-memory index update follow, and neither is seen by inotify),
 //! so a reader woken by the log write usually finds nothing new yet and
-//! would have to poll. The sidecar is written after the commit.
+//! would have to poll. The sidecar is written after the commit and its
+//! flush.
 //!
 //! As a safety net (no inotify, a deleted sidecar, another tool writing the
 //! file) a second thread also re-reads the counters every
@@ -41,7 +42,8 @@ use crate::util::db_error;
 /// How often the watcher re-reads the counters when no event came.
 pub(crate) const FALLBACK_INTERVAL: Duration = Duration::from_millis(500);
 
-/// State shared by a handle, its writer thread and its watcher thread.
+/// State shared by a handle, its writer and syncer threads and its watcher
+/// threads.
 #[derive(Debug, Default)]
 pub(crate) struct Shared {
     /// Signalled when messages may have become fetchable (or a new eta exists).

@@ -4,10 +4,10 @@
 //! [`Command`] (an [`Op`] and a oneshot for the answer) over a channel. The
 //! thread takes the first command, drains whatever else is already queued
 //! (up to [`MAX_GROUP`] commands), runs them all in **one** `BEGIN
-//! IMMEDIATE` transaction and **one** commit (one `fsync` under
-//! `synchronous = FULL`), and only then answers each caller. Under load many
-//! publishes, fetches and acknowledgements share each `fsync`; idle, a
-//! command is committed on its own at once.
+//! IMMEDIATE` transaction and **one** commit, and answers each caller only
+//! once that commit is flushed to disk (one flush for the whole group; see
+//! [`durable`]). Under load many publishes, fetches and acknowledgements
+//! share each flush; idle, a command is committed on its own at once.
 //!
 //! An operation either succeeds or reports a refusal (queue full, lease
 //! lost) *without having written anything*, so refusals never spoil the
