@@ -286,11 +286,14 @@ fn settle(
     id: &TaskId,
     settlement: Settlement,
 ) -> Result<(), Error> {
-    let now = Instant::now();
+    // The clock is read only when something needs it: a plain ack (the
+    // common case) does not.
+    let mut now = None;
+    let mut now = || *now.get_or_insert_with(Instant::now);
     let (op, result) = match settlement {
         Settlement::Ack { result } => (Op::Ack, result),
         Settlement::Retry { message, result } => {
-            (Op::Retry(Pending::new(*message, now, &mut None)), result)
+            (Op::Retry(Pending::new(*message, now(), &mut None)), result)
         }
         Settlement::Release => (Op::Release, None),
         Settlement::DeadLetter { reason, result } => (Op::DeadLetter(reason), result),
@@ -311,7 +314,7 @@ fn settle(
     };
     // The result is stored before the store lock is released, so whoever
     // sees the message gone (or the broker idle) also sees its result.
-    let result_waiter = result.and_then(|r| shared.results().insert(r, now));
+    let result_waiter = result.and_then(|r| shared.results().insert(r, now()));
     drop(store);
     shared.wake(wake);
     if let Some(n) = result_waiter {
