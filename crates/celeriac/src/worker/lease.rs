@@ -2,6 +2,7 @@
 //! them so a long task never runs twice.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -22,10 +23,34 @@ pub(crate) struct Held {
     pub(crate) lost: AtomicBool,
 }
 
+/// Hashes a fencing token. Tokens are distinct integers handed out by the
+/// broker, so one multiply spreads them well; SipHash cost more per task
+/// than the rest of the table's work.
+#[derive(Debug, Default)]
+struct TokenHasher(u64);
+
+impl Hasher for TokenHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type Map = HashMap<u64, Arc<Held>, BuildHasherDefault<TokenHasher>>;
+
 /// Leases held by this worker, keyed by fencing token.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct LeaseTable {
-    inner: Arc<Mutex<HashMap<u64, Arc<Held>>>>,
+    inner: Arc<Mutex<Map>>,
 }
 
 impl LeaseTable {
@@ -33,7 +58,7 @@ impl LeaseTable {
         Self::default()
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Arc<Held>>> {
+    fn lock(&self) -> MutexGuard<'_, Map> {
         // A panic while holding this lock cannot leave the map inconsistent
         // (every operation is a single insert, remove or clone).
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
