@@ -7,14 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use celeriac_core::{
-    Delivery, ErrorKind, ExceptionInfo, Lease, Message, Settlement, TaskErrorKind, TaskResult,
-    TaskState,
+    ErrorKind, ExceptionInfo, Lease, Message, Settlement, TaskErrorKind, TaskResult, TaskState,
 };
 use chrono::Utc;
 use futures::FutureExt;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+use super::jobs::Job;
 use super::lease::{Held, LeaseTable};
 use super::WorkerStats;
 use crate::app::App;
@@ -47,7 +47,7 @@ enum Ending {
 
 /// Runs one delivery to its settlement. Never panics, never returns an
 /// error: every problem ends in a settlement or a log line.
-pub(crate) async fn run(env: &Env, job: Box<(Delivery, Arc<Held>)>) {
+pub(crate) async fn run(env: &Env, job: Job) {
     // Everything is borrowed from the box: a delivery is some 800 bytes,
     // and moving it from step to step cost more than a no-op task itself.
     let (delivery, held) = &*job;

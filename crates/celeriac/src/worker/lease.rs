@@ -90,7 +90,7 @@ impl LeaseTable {
         self.lock().remove(&token);
     }
 
-    fn snapshot(&self) -> Vec<Arc<Held>> {
+    pub(crate) fn snapshot(&self) -> Vec<Arc<Held>> {
         self.lock().values().cloned().collect()
     }
 }

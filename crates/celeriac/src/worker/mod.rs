@@ -6,6 +6,7 @@
 //! | file | part |
 //! |---|---|
 //! | `mod.rs` | [`WorkerBuilder`], [`WorkerHandle`] and the fetch loop |
+//! | `jobs.rs` | the hand-off of fetched deliveries to the runners |
 //! | `execute.rs` | one attempt: decode, route to the handler, time limits, panic capture, outcome, settle |
 //! | `lease.rs` | the table of held leases and the heartbeat that extends them |
 //! | `shutdown.rs` | two-phase shutdown on SIGINT/SIGTERM |
@@ -14,6 +15,7 @@
 //! it fetches, so nothing waits in memory while its lease runs down.
 
 mod execute;
+mod jobs;
 mod lease;
 mod shutdown;
 
@@ -21,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use celeriac_core::{Delivery, Error, FetchRequest, Settlement};
+use celeriac_core::{Error, FetchRequest, Settlement};
 use tokio::sync::Semaphore;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tokio_util::task::TaskTracker;
@@ -306,25 +308,22 @@ async fn run_worker(
         soft: soft.clone(),
     });
     tracing::info!(worker = %cfg.name, queues = ?cfg.queues, concurrency = cfg.concurrency, "worker started");
-    // Long-lived runners take deliveries from a channel: no task spawn
-    // per message. A permit is taken before each fetch slot and given back
-    // when its task ends, so the worker holds at most concurrency +
+    // Long-lived runners take deliveries from a shared queue: no task
+    // spawn per message. A permit is taken before each fetch slot and given
+    // back when its task ends, so the worker holds at most concurrency +
     // prefetch messages, every one with its lease renewed.
-    // Deliveries travel boxed: moving a pointer through the channel and
-    // into the runner is cheaper than moving ~800 bytes at each step.
-    let (tx, rx) = async_channel::bounded::<Box<(Delivery, Arc<lease::Held>)>>(capacity);
-    for _ in 0..cfg.concurrency {
-        let rx = rx.clone();
+    let jobs = Arc::new(jobs::Jobs::new(cfg.concurrency));
+    for me in 0..cfg.concurrency {
+        let jobs = jobs.clone();
         let env = env.clone();
         let permits = permits.clone();
         tracker.spawn(async move {
-            while let Ok(job) = rx.recv().await {
+            while let Some(job) = jobs.next(me).await {
                 execute::run(&env, job).await;
                 permits.add_permits(1);
             }
         });
     }
-    drop(rx);
     // Refills in batches: while more than half the prefetch buffer is still
     // queued every runner has work, so the loop waits until that half has
     // drained and takes it back in one fetch (one broker round trip, one
@@ -390,14 +389,10 @@ async fn run_worker(
         }
         // One lock of the lease table for the whole batch, not one each.
         let held = leases.insert_many(deliveries.iter().map(|d| d.lease.clone()));
-        for pair in deliveries.into_iter().zip(held) {
-            if tx.send(Box::new(pair)).await.is_err() {
-                break 'fetch;
-            }
-        }
+        jobs.push(deliveries.into_iter().zip(held).map(Box::new));
         permits.add_permits(unused);
     }
-    drop(tx);
+    jobs.close();
     tracker.close();
     tracker.wait().await;
     heartbeat.abort();
