@@ -498,10 +498,13 @@ async fn oversized_payload_is_refused_at_send(kind: &str) {
 async fn long_task_is_not_redelivered_while_its_lease_is_renewed(kind: &str) {
     let e = env(kind).await;
     let key = format!("long-{kind}-{}", celeriac::TaskId::new());
-    // Two workers, so a redelivery would have somewhere to go.
-    let w1 = e.app.worker().lease(Duration::from_millis(150)).spawn();
-    let w2 = e.app.worker().lease(Duration::from_millis(150)).spawn();
-    let r = Stubborn::s((key.clone(), 1200)).send(&e.app).await.unwrap();
+    // Two workers, so a redelivery would have somewhere to go. The task
+    // outlives its lease three times over; renewals (every third of the
+    // lease) keep it. The lease leaves room for a slow fsync on a loaded CI
+    // machine.
+    let w1 = e.app.worker().lease(Duration::from_millis(900)).spawn();
+    let w2 = e.app.worker().lease(Duration::from_millis(900)).spawn();
+    let r = Stubborn::s((key.clone(), 2800)).send(&e.app).await.unwrap();
     assert_eq!(r.get(WAIT).await.unwrap(), 1, "delivered once");
     assert_eq!(count(&key), 1, "ran once");
     w1.stop_now();
