@@ -10,6 +10,7 @@
 //! wake-up (and often a thread unpark) per task.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use celeriac_core::Delivery;
@@ -21,11 +22,21 @@ use super::lease::Held;
 /// cheaper than moving a delivery (some 800 bytes) at each step.
 pub(crate) type Job = Box<(Delivery, Arc<Held>)>;
 
-/// The queue between the fetch loop and the runners.
+/// The queue between the fetch loop and the runners, and the count of
+/// free slots (messages the worker may still take on).
 pub(crate) struct Jobs {
     state: Mutex<State>,
     /// One wake-up signal per runner, by runner number.
     bells: Box<[Notify]>,
+    /// Slots neither reserved by the fetch loop nor held by a job. Only the
+    /// fetch loop takes from it; runners give back one slot per job. An
+    /// atomic rather than a semaphore: a semaphore's release takes its
+    /// mutex, once per task, shared by every runner.
+    free: AtomicUsize,
+    /// The fewest free slots worth a fetch.
+    refill: usize,
+    /// Rung when the free slots reach `refill`.
+    room: Notify,
 }
 
 struct State {
@@ -39,8 +50,10 @@ struct State {
 }
 
 impl Jobs {
-    /// Returns a queue for `runners` runners, numbered from 0.
-    pub(crate) fn new(runners: usize) -> Self {
+    /// Returns a queue for `runners` runners, numbered from 0, with
+    /// `capacity` slots, that lets the fetch loop reserve slots once at
+    /// least `refill` are free.
+    pub(crate) fn new(runners: usize, capacity: usize, refill: usize) -> Self {
         Jobs {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
@@ -49,6 +62,42 @@ impl Jobs {
                 closed: false,
             }),
             bells: (0..runners).map(|_| Notify::new()).collect(),
+            free: AtomicUsize::new(capacity),
+            refill: refill.clamp(1, capacity.max(1)),
+            room: Notify::new(),
+        }
+    }
+
+    /// Waits until at least `refill` slots are free, then reserves every
+    /// free slot (at most `max`) and returns how many.
+    ///
+    /// Cancel safe: it reserves nothing until it returns. Only one caller
+    /// (the fetch loop) may wait at a time.
+    pub(crate) async fn reserve(&self, max: usize) -> usize {
+        loop {
+            let free = self.free.load(Ordering::Acquire);
+            if free >= self.refill {
+                // Runners only add, so at least `free` are still there.
+                let n = free.min(max.max(1));
+                self.free.fetch_sub(n, Ordering::AcqRel);
+                return n;
+            }
+            // A ring between the check and this await is kept as a permit.
+            self.room.notified().await;
+        }
+    }
+
+    /// Gives back reserved slots that did not become jobs.
+    pub(crate) fn unreserve(&self, n: usize) {
+        self.free.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// Gives back the slot of a finished job.
+    pub(crate) fn done(&self) {
+        let free = self.free.fetch_add(1, Ordering::AcqRel) + 1;
+        // Runners add one at a time, so they pass the mark exactly here.
+        if free == self.refill {
+            self.room.notify_one();
         }
     }
 
@@ -168,7 +217,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_job_reaches_exactly_one_runner_and_close_ends_them() {
-        let q = Arc::new(Jobs::new(8));
+        let q = Arc::new(Jobs::new(8, 1000, 1));
         let mut runners = Vec::new();
         for me in 0..8 {
             let q = q.clone();
@@ -206,7 +255,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_busy_runner_does_not_hold_up_queued_jobs() {
-        let q = Arc::new(Jobs::new(3));
+        let q = Arc::new(Jobs::new(3, 3, 1));
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         for me in 0..3 {
             let q = q.clone();
@@ -236,5 +285,31 @@ mod tests {
         }
         got.sort_unstable();
         assert_eq!(got, vec![1, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn reserve_waits_for_the_refill_mark_then_takes_every_free_slot() {
+        let q = Arc::new(Jobs::new(1, 10, 4));
+        assert_eq!(q.reserve(512).await, 10);
+        q.unreserve(2);
+        // Two free, below the mark of four: the fetch loop waits.
+        let waiting = {
+            let q = q.clone();
+            tokio::spawn(async move { q.reserve(512).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        q.done();
+        q.done();
+        let got = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, 4);
+        // At most `max` at once.
+        for _ in 0..10 {
+            q.done();
+        }
+        assert_eq!(q.reserve(3).await, 3);
     }
 }

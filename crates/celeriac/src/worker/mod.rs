@@ -11,8 +11,9 @@
 //! | `lease.rs` | the table of held leases and the heartbeat that extends them |
 //! | `shutdown.rs` | two-phase shutdown on SIGINT/SIGTERM |
 //!
-//! The worker holds at most `concurrency` messages: it takes permits before
-//! it fetches, so nothing waits in memory while its lease runs down.
+//! The worker holds at most `concurrency + prefetch` messages: it reserves
+//! slots before it fetches, and every message it holds has its lease
+//! renewed.
 
 mod execute;
 mod jobs;
@@ -24,7 +25,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use celeriac_core::{Error, FetchRequest, Settlement};
-use tokio::sync::Semaphore;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tokio_util::task::TaskTracker;
 
@@ -289,7 +289,6 @@ async fn run_worker(
     let app = cfg.app.clone();
     let broker = app.broker().clone();
     let capacity = cfg.concurrency + cfg.prefetch;
-    let permits = Arc::new(Semaphore::new(capacity));
     let tracker = TaskTracker::new();
     let leases = lease::LeaseTable::new();
     let heartbeat = tokio::spawn(lease::heartbeat(broker.clone(), leases.clone(), cfg.lease));
@@ -309,21 +308,9 @@ async fn run_worker(
     });
     tracing::info!(worker = %cfg.name, queues = ?cfg.queues, concurrency = cfg.concurrency, "worker started");
     // Long-lived runners take deliveries from a shared queue: no task
-    // spawn per message. A permit is taken before each fetch slot and given
+    // spawn per message. A slot is reserved before each fetch and given
     // back when its task ends, so the worker holds at most concurrency +
     // prefetch messages, every one with its lease renewed.
-    let jobs = Arc::new(jobs::Jobs::new(cfg.concurrency));
-    for me in 0..cfg.concurrency {
-        let jobs = jobs.clone();
-        let env = env.clone();
-        let permits = permits.clone();
-        tracker.spawn(async move {
-            while let Some(job) = jobs.next(me).await {
-                execute::run(&env, job).await;
-                permits.add_permits(1);
-            }
-        });
-    }
     // Refills in batches: while more than half the prefetch buffer is still
     // queued every runner has work, so the loop waits until that half has
     // drained and takes it back in one fetch (one broker round trip, one
@@ -331,30 +318,29 @@ async fn run_worker(
     // message at a time. Below that mark it fetches at once, so a runner
     // never idles because of it; with no prefetch it fetches per slot.
     let refill = (cfg.prefetch / 2).clamp(1, MAX_FETCH.min(capacity));
-    let refill = u32::try_from(refill).unwrap_or(1);
+    let jobs = Arc::new(jobs::Jobs::new(cfg.concurrency, capacity, refill));
+    for me in 0..cfg.concurrency {
+        let jobs = jobs.clone();
+        let env = env.clone();
+        tracker.spawn(async move {
+            while let Some(job) = jobs.next(me).await {
+                execute::run(&env, job).await;
+                jobs.done();
+            }
+        });
+    }
     let mut backoff = Duration::from_millis(50);
     'fetch: while !soft.is_cancelled() {
-        let first = tokio::select! {
-            p = permits.acquire_many(refill) => match p { Ok(p) => p, Err(_) => break },
+        let slots = tokio::select! {
+            n = jobs.reserve(MAX_FETCH) => n,
             () = soft.cancelled() => break,
         };
-        first.forget();
-        let mut slots = refill as usize;
-        while slots < capacity.min(MAX_FETCH) {
-            match permits.try_acquire() {
-                Ok(p) => {
-                    p.forget();
-                    slots += 1;
-                }
-                Err(_) => break,
-            }
-        }
         let mut req = req.clone();
         req.max = slots;
         let deliveries = tokio::select! {
             r = broker.fetch(&req) => r,
             () = soft.cancelled() => {
-                permits.add_permits(slots);
+                jobs.unreserve(slots);
                 break 'fetch;
             }
         };
@@ -364,7 +350,7 @@ async fn run_worker(
                 d
             }
             Err(e) => {
-                permits.add_permits(slots);
+                jobs.unreserve(slots);
                 tracing::warn!(error = %e.chain_text(), retry_in = ?backoff, "fetch failed");
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {},
@@ -390,7 +376,7 @@ async fn run_worker(
         // One lock of the lease table for the whole batch, not one each.
         let held = leases.insert_many(deliveries.iter().map(|d| d.lease.clone()));
         jobs.push(deliveries.into_iter().zip(held).map(Box::new));
-        permits.add_permits(unused);
+        jobs.unreserve(unused);
     }
     jobs.close();
     tracker.close();
