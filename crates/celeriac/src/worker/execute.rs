@@ -320,13 +320,18 @@ async fn settle(
             )
         }
     };
-    let result = result.map(|mut r| {
-        r.name = message.map(|m| m.headers.task.clone());
-        r.retries = message.map(|m| m.headers.retries);
-        r.worker = Some(env.worker.clone());
-        r
-    });
-    let settlement = attach(env, settlement, result).await;
+    // Without a result (ignore_result, the common case in bulk work) the
+    // attach step is skipped: building its future moves the settlement in
+    // and out again for nothing.
+    let settlement = match result {
+        None => settlement,
+        Some(mut r) => {
+            r.name = message.map(|m| m.headers.task.clone());
+            r.retries = message.map(|m| m.headers.retries);
+            r.worker = Some(env.worker.clone());
+            attach(env, settlement, r).await
+        }
+    };
     let broker = env.app.broker();
     let mut pause = Duration::from_millis(20);
     for attempt in 0..5 {
@@ -353,10 +358,7 @@ async fn settle(
 
 /// Puts the result into the settlement when the broker stores results,
 /// or stores it in the separate backend first (then settles without it).
-async fn attach(env: &Env, settlement: Settlement, result: Option<TaskResult>) -> Settlement {
-    let Some(result) = result else {
-        return settlement;
-    };
+async fn attach(env: &Env, settlement: Settlement, result: TaskResult) -> Settlement {
     if env.app.results_in_broker() {
         return match settlement {
             Settlement::Ack { .. } => Settlement::Ack {
