@@ -12,9 +12,6 @@
 //! flush and the SQL work overlap; one flush covers every group committed
 //! while the previous flush ran.
 //!
-//! When no other command waits, the writer flushes and answers itself,
-//! which saves a thread hop on an idle queue.
-//!
 //! No caller hears of a commit before it is on disk, which is the promise
 //! of `synchronous = FULL`. (A commit is *visible* to other connections a
 //! little earlier; anything they do with it is appended to the same log
@@ -116,30 +113,16 @@ pub(crate) struct Committed {
 pub(crate) enum Completion {
     /// Answer at once (`Synchronous::Normal`).
     Direct(Arc<Announcer>),
-    /// Flush first (`Synchronous::Full`): here when the writer has nothing
-    /// else to do, else on the syncer thread.
-    Synced {
-        wal: File,
-        announcer: Arc<Announcer>,
-        syncer: mpsc::Sender<Committed>,
-    },
+    /// Hand over to the syncer, which flushes first (`Synchronous::Full`).
+    Synced(mpsc::Sender<Committed>),
 }
 
 impl Completion {
-    /// Completes a committed group. `busy` says more commands are waiting:
-    /// then the flush is left to the syncer so the writer can go on, and
-    /// otherwise it is done here, which saves a thread hop when idle.
-    pub(crate) fn complete(&self, committed: Committed, busy: bool) {
+    /// Completes a committed group.
+    pub(crate) fn complete(&self, committed: Committed) {
         match self {
             Completion::Direct(announcer) => deliver(announcer, committed, None),
-            Completion::Synced { wal, announcer, .. } if !busy => {
-                let flushed = wal.sync_data();
-                if let Err(e) = &flushed {
-                    tracing::error!(error = %e, "cannot flush the write-ahead log");
-                }
-                deliver(announcer, committed, flushed.as_ref().err());
-            }
-            Completion::Synced { syncer, .. } => {
+            Completion::Synced(syncer) => {
                 if let Err(mpsc::SendError(committed)) = syncer.send(committed) {
                     // The syncer is gone (it panicked): the commit happened,
                     // but its durability is unknown, so say so.
@@ -182,21 +165,14 @@ pub(crate) fn wal_path(db: &Path) -> PathBuf {
 /// Returns the completion for `synchronous = FULL`: opens the log and
 /// starts the syncer thread, which flushes it and then answers.
 pub(crate) fn synced(wal_path: &Path, announcer: Arc<Announcer>) -> Result<Completion, Error> {
-    let open = || {
-        File::open(wal_path).map_err(|e| {
-            Error::with_source(
-                ErrorKind::Other,
-                format!("cannot open the write-ahead log {}", wal_path.display()),
-                e,
-            )
-        })
-    };
-    let syncer = spawn_syncer(open()?, Arc::clone(&announcer))?;
-    Ok(Completion::Synced {
-        wal: open()?,
-        announcer,
-        syncer,
-    })
+    let wal = File::open(wal_path).map_err(|e| {
+        Error::with_source(
+            ErrorKind::Other,
+            format!("cannot open the write-ahead log {}", wal_path.display()),
+            e,
+        )
+    })?;
+    Ok(Completion::Synced(spawn_syncer(wal, announcer)?))
 }
 
 fn spawn_syncer(wal: File, announcer: Arc<Announcer>) -> Result<mpsc::Sender<Committed>, Error> {

@@ -274,15 +274,7 @@ struct Writer {
 impl Writer {
     fn run(&mut self, commands: mpsc::Receiver<Command>) {
         let mut group = Vec::with_capacity(64);
-        let mut next: Option<Command> = None;
-        loop {
-            let first = match next.take() {
-                Some(c) => c,
-                None => match commands.recv() {
-                    Ok(c) => c,
-                    Err(_) => break,
-                },
-            };
+        while let Ok(first) = commands.recv() {
             group.push(first);
             while group.len() < MAX_GROUP {
                 match commands.try_recv() {
@@ -290,15 +282,12 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            // Whether more work waits decides who flushes (see `durable`).
-            next = commands.try_recv().ok();
-            let busy = next.is_some();
-            self.run_group(&mut group, busy);
+            self.run_group(&mut group);
             self.after_commit();
         }
     }
 
-    fn run_group(&mut self, group: &mut Vec<Command>, busy: bool) {
+    fn run_group(&mut self, group: &mut Vec<Command>) {
         let sweep = now_ms() - self.last_sweep_ms >= SWEEP_EVERY_MS;
         match self.transact(group.iter().map(|c| &c.op), sweep) {
             Ok((answers, announce)) => {
@@ -312,7 +301,7 @@ impl Writer {
                     .collect();
                 self.finishing
                     .completion
-                    .complete(Committed { replies, announce }, busy);
+                    .complete(Committed { replies, announce });
             }
             Err(e) if group.len() == 1 => {
                 if let Some(cmd) = group.pop() {
@@ -325,13 +314,10 @@ impl Writer {
                     match self.transact(std::iter::once(&cmd.op), false) {
                         Ok((answers, announce)) => {
                             let answer = answers.into_iter().next().ok_or_else(crate::util::closed);
-                            self.finishing.completion.complete(
-                                Committed {
-                                    replies: vec![(cmd.reply, answer)],
-                                    announce,
-                                },
-                                true,
-                            );
+                            self.finishing.completion.complete(Committed {
+                                replies: vec![(cmd.reply, answer)],
+                                announce,
+                            });
                         }
                         Err(e) => {
                             let _ = cmd.reply.send(Err(db_error(cmd.op.failure(), e)));
