@@ -26,13 +26,15 @@ impl Task for Add {
     }
 }
 
-/// Sleeps, ignoring cancellation: only a hard stop ends it early.
+/// Creates the file `started` (so the test knows it runs), then sleeps,
+/// ignoring cancellation: only a hard stop ends it early.
 struct Slow;
 impl Task for Slow {
     const NAME: &'static str = "cli.slow";
-    type Args = (u64,);
+    type Args = (u64, String);
     type Output = u64;
-    async fn run(_: TaskContext, (ms,): (u64,)) -> Result<u64, TaskError> {
+    async fn run(_: TaskContext, (ms, started): (u64, String)) -> Result<u64, TaskError> {
+        std::fs::write(&started, b"started")?;
         tokio::time::sleep(Duration::from_millis(ms)).await;
         Ok(ms)
     }
@@ -77,16 +79,23 @@ fn sqlite_url(dir: &tempfile::TempDir) -> String {
     format!("sqlite://{}", dir.path().join("cli.db").display())
 }
 
-async fn wait_for_lease(app: &App) {
+/// Waits until the task has started: a leased message may still be
+/// prefetched, and a stop hands those back instead of running them.
+async fn wait_for_start(marker: &std::path::Path) {
     let deadline = Instant::now() + WAIT;
-    loop {
-        let stats = app.broker().queue_stats().await.unwrap();
-        if stats.iter().any(|s| s.leased > 0) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "the worker never took the task");
+    while !marker.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the worker never started the task"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+fn marker(dir: &tempfile::TempDir) -> (std::path::PathBuf, String) {
+    let p = dir.path().join("started");
+    let s = p.display().to_string();
+    (p, s)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,8 +104,9 @@ async fn sigterm_lets_the_running_task_finish() {
     let url = sqlite_url(&dir);
     let app = builder(&url).build().await.unwrap();
     let mut child = spawn_worker(&url);
-    let r = Slow::s((700,)).send(&app).await.unwrap();
-    wait_for_lease(&app).await;
+    let (started, arg) = marker(&dir);
+    let r = Slow::s((700, arg)).send(&app).await.unwrap();
+    wait_for_start(&started).await;
     kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
     let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
         .await
@@ -115,8 +125,9 @@ async fn second_sigterm_hands_the_task_back() {
     let url = sqlite_url(&dir);
     let app = builder(&url).build().await.unwrap();
     let mut child = spawn_worker(&url);
-    let r = Slow::s((60_000,)).send(&app).await.unwrap();
-    wait_for_lease(&app).await;
+    let (started, arg) = marker(&dir);
+    let r = Slow::s((60_000, arg)).send(&app).await.unwrap();
+    wait_for_start(&started).await;
     let pid = Pid::from_raw(child.id() as i32);
     kill(pid, Signal::SIGTERM).unwrap();
     // The second signal may race the first one's handling; repeat it until

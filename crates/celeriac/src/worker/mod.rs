@@ -337,9 +337,22 @@ async fn run_worker(
         };
         let mut req = req.clone();
         req.max = slots;
+        let fetch = broker.fetch(&req);
+        tokio::pin!(fetch);
         let deliveries = tokio::select! {
-            r = broker.fetch(&req) => r,
+            r = &mut fetch => r,
             () = soft.cancelled() => {
+                // Let the fetch in flight finish (it waits at most
+                // `fetch_wait`): a broker may already have committed its
+                // leases, and handing them back now beats leaving them
+                // leased until they run out.
+                if let Ok(late) = fetch.await {
+                    for d in late {
+                        if let Err(e) = broker.settle(&d.lease, Settlement::Release).await {
+                            tracing::warn!(error = %e.chain_text(), "release at shutdown failed; the lease will run out");
+                        }
+                    }
+                }
                 jobs.unreserve(slots);
                 break 'fetch;
             }
