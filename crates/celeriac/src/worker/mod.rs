@@ -342,11 +342,16 @@ async fn run_worker(
         let deliveries = tokio::select! {
             r = &mut fetch => r,
             () = soft.cancelled() => {
-                // Let the fetch in flight finish (it waits at most
-                // `fetch_wait`): a broker may already have committed its
-                // leases, and handing them back now beats leaving them
-                // leased until they run out.
-                if let Ok(late) = fetch.await {
+                // On a soft stop, let the fetch in flight finish (it waits
+                // at most `fetch_wait`): a broker may already have
+                // committed its leases, and handing them back now beats
+                // leaving them leased until they run out. A hard stop does
+                // not wait; those leases run out.
+                let late = tokio::select! {
+                    r = &mut fetch => r.ok(),
+                    () = hard.cancelled() => None,
+                };
+                if let Some(late) = late {
                     for d in late {
                         if let Err(e) = broker.settle(&d.lease, Settlement::Release).await {
                             tracing::warn!(error = %e.chain_text(), "release at shutdown failed; the lease will run out");
