@@ -186,16 +186,16 @@ pub(crate) struct Tx<'c> {
 }
 
 impl Tx<'_> {
-    /// Returns a fresh fencing token. The counter lives in `meta` and is
-    /// read once per transaction; the write lock held by `BEGIN IMMEDIATE`
-    /// makes it unique across every handle and process.
-    pub(crate) fn token(&mut self) -> rusqlite::Result<i64> {
-        let next = match self.next_token {
+    /// Returns the first of `n` fresh fencing tokens. The counter lives in
+    /// `meta` and is read once per transaction; the write lock held by
+    /// `BEGIN IMMEDIATE` makes it unique across every handle and process.
+    pub(crate) fn tokens(&mut self, n: i64) -> rusqlite::Result<i64> {
+        let first = match self.next_token {
             Some(t) => t,
             None => read_counter(self.conn, "next_token")?,
         };
-        self.next_token = Some(next + 1);
-        Ok(next)
+        self.next_token = Some(first + n);
+        Ok(first)
     }
 
     /// Returns the row numbers `first..first + n` for new rows, from the

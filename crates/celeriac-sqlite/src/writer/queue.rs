@@ -165,39 +165,25 @@ pub(super) fn fetch(
         candidates.push(rows);
     }
 
+    // Choose, round-robin from the queue at `start`.
     let n = queues.len();
     let mut rows = Vec::new();
-    let deadline = now.saturating_add(lease_ms);
     'rounds: loop {
         let mut took = false;
         for k in 0..n {
             if rows.len() >= max {
                 break 'rounds;
             }
-            let Some(mut row) = candidates[(start + k) % n].pop_front() else {
-                continue;
-            };
-            took = true;
-            row.token = tx.token()?;
-            row.deliveries += 1;
-            tx.conn
-                .prepare_cached(
-                    "UPDATE tasks SET state = ?2, not_before = ?3, token = ?4, deliveries = ?5
-                     WHERE seq = ?1",
-                )?
-                .execute(rusqlite::params![
-                    row.seq,
-                    LEASED,
-                    deadline,
-                    row.token,
-                    row.deliveries
-                ])?;
-            rows.push(row);
+            if let Some(row) = candidates[(start + k) % n].pop_front() {
+                rows.push(row);
+                took = true;
+            }
         }
         if !took {
             break;
         }
     }
+    lease(tx, &mut rows, now.saturating_add(lease_ms))?;
 
     let next_wake_ms = if rows.is_empty() {
         next_wake(tx, queues)?
@@ -205,6 +191,40 @@ pub(super) fn fetch(
         None
     };
     Ok(Answer::Fetched(Fetched { rows, next_wake_ms }))
+}
+
+/// Leases the chosen rows until `deadline`, each with a fresh token.
+///
+/// Rows usually come in runs of consecutive row numbers (one queue, FIFO),
+/// and a run is leased by one statement: every row between its ends is one
+/// of the chosen, since row numbers are unique.
+fn lease(tx: &mut Tx<'_>, rows: &mut [LeasedRow], deadline: i64) -> rusqlite::Result<()> {
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    order.sort_unstable_by_key(|&i| rows[i].seq);
+    let mut at = 0;
+    while at < order.len() {
+        let first = rows[order[at]].seq;
+        let mut len = 1;
+        while at + len < order.len() && rows[order[at + len]].seq == first + len as i64 {
+            len += 1;
+        }
+        let base = tx.tokens(len as i64)?;
+        let last = first + len as i64 - 1;
+        tx.conn
+            .prepare_cached(
+                "UPDATE tasks SET state = ?3, not_before = ?4, token = ?5 + (seq - ?1),
+                        deliveries = deliveries + 1
+                 WHERE seq BETWEEN ?1 AND ?2",
+            )?
+            .execute(rusqlite::params![first, last, LEASED, deadline, base])?;
+        for &i in &order[at..at + len] {
+            let row = &mut rows[i];
+            row.token = base + (row.seq - first);
+            row.deliveries += 1;
+        }
+        at += len;
+    }
+    Ok(())
 }
 
 /// Returns the earliest eta or lease deadline among the queues.
