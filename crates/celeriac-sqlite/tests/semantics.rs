@@ -578,3 +578,20 @@ async fn revoke_finds_a_waiting_task_among_many() {
     assert!(left.iter().all(|d| d.lease.id != *doomed.id()));
     assert_eq!(b.revoke(doomed.id()).await.unwrap(), Revoked::Unknown);
 }
+
+#[tokio::test]
+async fn handles_and_futures_are_send() {
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    fn send<T: Send>(_: T) {}
+    let (_dir, b) = fresh().await;
+    send_sync(&b);
+    let r = now("q", 1);
+    let id = TaskId::new();
+    // Created and dropped unpolled: only their types are under test.
+    send(b.publish(Vec::new()));
+    send(b.fetch(&r));
+    send(b.revoke(&id));
+    send(b.queue_stats());
+    send(b.wait(&id, Duration::ZERO));
+    send(SqliteBroker::open("unused.db"));
+}
