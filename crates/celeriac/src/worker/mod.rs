@@ -339,8 +339,10 @@ async fn run_worker(
         req.max = slots;
         let fetch = broker.fetch(&req);
         tokio::pin!(fetch);
+        // Biased to the stop: a fetch that completes as a stop arrives is
+        // handed back below rather than dispatched.
         let deliveries = tokio::select! {
-            r = &mut fetch => r,
+            biased;
             () = soft.cancelled() => {
                 // On a soft stop, let the fetch in flight finish (it waits
                 // at most `fetch_wait`): a broker may already have
@@ -348,6 +350,7 @@ async fn run_worker(
                 // leaving them leased until they run out. A hard stop does
                 // not wait; those leases run out.
                 let late = tokio::select! {
+                    biased;
                     r = &mut fetch => r.ok(),
                     () = hard.cancelled() => None,
                 };
@@ -361,6 +364,7 @@ async fn run_worker(
                 jobs.unreserve(slots);
                 break 'fetch;
             }
+            r = &mut fetch => r,
         };
         let deliveries = match deliveries {
             Ok(d) => {
