@@ -179,18 +179,9 @@ impl RefBroker {
 
 impl Broker for RefBroker {
     fn capabilities(&self) -> Capabilities {
-        let mut c = Capabilities::none();
         // The store outlives every handle, as a file would, so the
         // durability cases run against the reference too.
-        c.durable = true;
-        c.delayed = true;
-        c.priorities = true;
-        c.push_wakeups = true;
-        c.results = true;
-        c.revoke = true;
-        c.max_length = true;
-        c.admin = true;
-        c
+        Capabilities::all()
     }
 
     async fn publish(&self, messages: Vec<Message>) -> Result<(), Error> {

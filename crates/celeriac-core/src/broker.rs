@@ -65,6 +65,20 @@ impl Capabilities {
     pub fn none() -> Self {
         Self::default()
     }
+
+    /// Returns a report with everything claimed; unset what a backend lacks.
+    pub fn all() -> Self {
+        Capabilities {
+            durable: true,
+            delayed: true,
+            priorities: true,
+            push_wakeups: true,
+            results: true,
+            revoke: true,
+            max_length: true,
+            admin: true,
+        }
+    }
 }
 
 /// What a fetch asks for.

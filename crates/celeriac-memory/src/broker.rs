@@ -23,15 +23,9 @@ use crate::{MemoryBroker, Shared};
 
 impl Broker for MemoryBroker {
     fn capabilities(&self) -> Capabilities {
-        let mut c = Capabilities::none();
+        // Everything but durability: the state lives in this process.
+        let mut c = Capabilities::all();
         c.durable = false;
-        c.delayed = true;
-        c.priorities = true;
-        c.push_wakeups = true;
-        c.results = true;
-        c.revoke = true;
-        c.max_length = true;
-        c.admin = true;
         c
     }
 

@@ -29,16 +29,7 @@ const FETCH_RECHECK: Duration = Duration::from_secs(1);
 
 impl Broker for SqliteBroker {
     fn capabilities(&self) -> Capabilities {
-        let mut c = Capabilities::none();
-        c.durable = true;
-        c.delayed = true;
-        c.priorities = true;
-        c.push_wakeups = true;
-        c.results = true;
-        c.revoke = true;
-        c.max_length = true;
-        c.admin = true;
-        c
+        Capabilities::all()
     }
 
     async fn publish(&self, messages: Vec<Message>) -> Result<(), Error> {
