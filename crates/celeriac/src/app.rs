@@ -156,7 +156,7 @@ impl App {
     /// the queue-full policy.
     pub async fn publish(&self, messages: Vec<Message>) -> Result<(), Error> {
         for m in &messages {
-            let size = codec::encode(m)?.len();
+            let size = codec::encoded_len(m)?;
             codec::check_size(size, self.inner.max_payload).map_err(|e| {
                 Error::new(
                     e.kind(),
