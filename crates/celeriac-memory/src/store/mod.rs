@@ -228,6 +228,20 @@ impl Store {
 
     // ----- slots ------------------------------------------------------------
 
+    /// Records a lease deadline for `item` in queue `q`, so the lease comes
+    /// due (and is reclaimed) at `deadline`.
+    fn push_lease(&mut self, q: u32, deadline: Instant, token: u64, item: Item) {
+        let slots = &self.slots;
+        self.queues[q as usize].push_lease(
+            Timed {
+                at: deadline,
+                seq: token,
+                item,
+            },
+            |i| Self::version_of(slots, i),
+        );
+    }
+
     fn version_of(slots: &[Slot], item: Item) -> bool {
         slots
             .get(item.slot as usize)
@@ -546,22 +560,15 @@ impl Store {
         let taken_message = entry.message.clone();
         let deliveries = entry.deliveries;
         let item = self.bump(item.slot);
-        let slots = &self.slots;
         let queue = &mut self.queues[q as usize];
         queue.ready -= 1;
         queue.leased += 1;
-        queue.push_lease(
-            Timed {
-                at: deadline,
-                seq: token,
-                item,
-            },
-            |i| Self::version_of(slots, i),
-        );
+        let name = queue.name.clone();
+        self.push_lease(q, deadline, token, item);
         Some(Taken {
             lease: Lease {
                 id: taken_message.id().clone(),
-                queue: queue.name.clone(),
+                queue: name,
                 token,
                 receipt: u64::from(item.slot),
             },

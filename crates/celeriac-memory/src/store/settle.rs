@@ -8,7 +8,6 @@ use chrono::Utc;
 use tokio::time::Instant;
 
 use super::{add, Entry, Pending, Phase, Store, Wake};
-use crate::queue::Timed;
 
 impl Store {
     /// Returns the slot a lease (`receipt`, `token`) still holds.
@@ -96,22 +95,14 @@ impl Store {
             let (q, was, revoked) = (entry.queue, entry.phase, entry.revoked);
             entry.phase = Phase::Leased;
             let item = self.bump(slot);
-            let slots = &self.slots;
-            let queue = &mut self.queues[q as usize];
             // An expired lease that was reclaimed but not yet leased again is
             // still this attempt's: take it back out of the ready list.
             if was == Phase::Ready {
+                let queue = &mut self.queues[q as usize];
                 queue.ready -= 1;
                 queue.leased += 1;
             }
-            queue.push_lease(
-                Timed {
-                    at: deadline,
-                    seq: token,
-                    item,
-                },
-                |i| Self::version_of(slots, i),
-            );
+            self.push_lease(q, deadline, token, item);
             extended = true;
             out.push(if revoked {
                 LeaseStatus::Revoked
