@@ -1,0 +1,4 @@
+//! Redis broker and result backend for celeriac, wire-compatible with
+//! Celery and kombu.
+
+pub mod envelope;
