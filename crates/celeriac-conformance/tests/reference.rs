@@ -114,7 +114,7 @@ impl RefBroker {
         e.leased_until = Some(now + lease);
         e.deliveries += 1;
         Some(Delivery {
-            message: Ok(e.msg.clone()),
+            message: Ok(std::sync::Arc::new(e.msg.clone())),
             lease: Lease {
                 id: e.id.clone(),
                 queue: Arc::from(queue),

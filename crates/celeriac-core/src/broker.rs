@@ -17,8 +17,8 @@
 //!   time, however many fetch concurrently.
 //! * **Delayed work is stored.** A message whose `eta` lies in the future is
 //!   kept by the broker and is not delivered before it.
-//! * **Priority and fairness.** Within a queue, higher priority first, then
-//!   oldest first. Across the queues of one fetch, no busy queue starves
+//! * **Priority and fairness.** Within a queue, by priority (in the broker's
+//!   [`PriorityOrder`]), then oldest first. Across the queues of one fetch, no busy queue starves
 //!   another: each call starts from a different queue.
 
 use std::future::Future;
@@ -45,8 +45,10 @@ pub struct Capabilities {
     pub durable: bool,
     /// Messages with a future `eta` are held by the broker.
     pub delayed: bool,
-    /// Higher priority messages are delivered first.
+    /// Messages are delivered by priority, in the order [`Capabilities::priority_order`] says.
     pub priorities: bool,
+    /// Which priority goes first, when `priorities` is claimed.
+    pub priority_order: PriorityOrder,
     /// `fetch` wakes when a message arrives, without polling.
     pub push_wakeups: bool,
     /// The broker also stores results, and `settle` may carry one to store
@@ -58,6 +60,59 @@ pub struct Capabilities {
     pub max_length: bool,
     /// Queue statistics, purge and dead-letter inspection work.
     pub admin: bool,
+}
+
+/// The order in which a broker delivers priorities.
+///
+/// celeriac's own backends use AMQP's meaning: 9 first, every level apart.
+/// kombu's Redis transport, which the Redis backend follows so that Python
+/// workers agree with it, serves 0 first and only tells apart a few
+/// *steps* (0, 3, 6 and 9 by default): a priority counts as the largest step
+/// not above it.
+///
+/// ```
+/// use celeriac_core::PriorityOrder;
+///
+/// assert!(PriorityOrder::HighestFirst.rank(9) < PriorityOrder::HighestFirst.rank(0));
+/// let kombu = PriorityOrder::lowest_first(&[0, 3, 6, 9]);
+/// assert!(kombu.rank(0) < kombu.rank(9));
+/// assert_eq!(kombu.rank(5), kombu.rank(3));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PriorityOrder {
+    /// 9 first, 0 last; all ten levels distinct.
+    #[default]
+    HighestFirst,
+    /// 0 first; only the steps set in the bit mask (bit `s` for step `s`)
+    /// are distinct. Step 0 is always one.
+    LowestFirst {
+        /// Bit `s` set means `s` is a step.
+        steps: u16,
+    },
+}
+
+impl PriorityOrder {
+    /// Returns a lowest-first order with these steps (values above 9 are
+    /// ignored; 0 is always a step).
+    pub fn lowest_first(steps: &[u8]) -> Self {
+        let mask = steps
+            .iter()
+            .filter(|s| **s <= 9)
+            .fold(1u16, |m, s| m | (1 << s));
+        PriorityOrder::LowestFirst { steps: mask }
+    }
+
+    /// Returns the delivery rank of a priority (clamped to 0..=9): a lower
+    /// rank is delivered first; equal ranks keep publish order.
+    pub fn rank(self, priority: u8) -> u8 {
+        let p = priority.min(9);
+        match self {
+            PriorityOrder::HighestFirst => 9 - p,
+            PriorityOrder::LowestFirst { steps } => {
+                (0..=p).rev().find(|s| steps & (1 << s) != 0).unwrap_or(0)
+            }
+        }
+    }
 }
 
 impl Capabilities {
@@ -72,6 +127,7 @@ impl Capabilities {
             durable: true,
             delayed: true,
             priorities: true,
+            priority_order: PriorityOrder::HighestFirst,
             push_wakeups: true,
             results: true,
             revoke: true,
@@ -111,7 +167,10 @@ pub struct Lease {
 #[derive(Debug)]
 pub struct Delivery {
     /// The message, or why it could not be decoded (the worker dead-letters it).
-    pub message: Result<Message, Error>,
+    ///
+    /// Shared, so a broker that keeps messages in memory hands out a
+    /// reference instead of a deep copy.
+    pub message: Result<Arc<Message>, Error>,
     /// The lease on this attempt.
     pub lease: Lease,
     /// How many times it was delivered, this one included (1 on the first).

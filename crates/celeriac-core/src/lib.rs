@@ -37,7 +37,7 @@ pub use backend::DynResultBackend;
 pub use backend::ResultBackend;
 pub use broker::{
     Broker, Capabilities, DeadLetter, Delivery, DynBroker, FetchRequest, Lease, LeaseStatus,
-    QueueStats, Revoked, Settlement,
+    PriorityOrder, QueueStats, Revoked, Settlement,
 };
 pub use error::{Error, ErrorKind};
 pub use id::TaskId;

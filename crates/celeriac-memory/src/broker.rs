@@ -252,13 +252,12 @@ async fn fetch(
     }
 }
 
-/// Turns leased messages into deliveries, cloning each message now that
-/// the lock is released.
+/// Turns leased messages into deliveries; each shares the stored message.
 fn deliveries(taken: Vec<Taken>) -> Vec<Delivery> {
     taken
         .into_iter()
         .map(|t| Delivery {
-            message: Ok(Message::clone(&t.message)),
+            message: Ok(t.message),
             lease: t.lease,
             deliveries: t.deliveries,
         })

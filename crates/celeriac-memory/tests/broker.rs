@@ -55,7 +55,7 @@ async fn publishes_fetches_and_acks() {
     let ds = fetch_now(&b, &["q"], 10).await;
     assert_eq!(ds.len(), 1);
     let d = &ds[0];
-    assert_eq!(d.message.as_ref().unwrap(), &m);
+    assert_eq!(**d.message.as_ref().unwrap(), m);
     assert_eq!(d.lease.id, id);
     assert_eq!(&*d.lease.queue, "q");
     assert_eq!(d.deliveries, 1);
@@ -574,7 +574,7 @@ async fn dead_letters_are_kept_listed_replayed_and_purged() {
     assert_eq!(n, 1);
     let back = fetch_now(&b, &["q"], 5).await;
     assert_eq!(ids(&back), vec![m2.id().to_string()]);
-    assert_eq!(back[0].message.as_ref().unwrap(), &m2);
+    assert_eq!(**back[0].message.as_ref().unwrap(), m2);
     assert_eq!(
         b.replay_dead_letters(Some(&[m2.id().clone()]))
             .await

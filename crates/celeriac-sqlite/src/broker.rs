@@ -259,7 +259,7 @@ fn deliveries(rows: Vec<LeasedRow>, queues: &[String]) -> Vec<Delivery> {
     let names: Vec<Arc<str>> = queues.iter().map(|q| Arc::from(q.as_str())).collect();
     rows.into_iter()
         .map(|row| Delivery {
-            message: codec::decode(&row.payload),
+            message: codec::decode(&row.payload).map(Arc::new),
             lease: Lease {
                 id: TaskId::from(row.id),
                 queue: Arc::clone(&names[row.queue]),

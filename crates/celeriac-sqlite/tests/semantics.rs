@@ -28,7 +28,7 @@ async fn ack_removes_the_message_and_stores_its_result() {
     let mut got = b.fetch(&now("celery", 10)).await.unwrap();
     assert_eq!(got.len(), 1);
     let d = got.pop().unwrap();
-    assert_eq!(d.message.as_ref().unwrap(), &m);
+    assert_eq!(**d.message.as_ref().unwrap(), m);
     assert_eq!(d.lease.id, id);
     assert_eq!(&*d.lease.queue, "celery");
     assert_eq!(d.deliveries, 1);

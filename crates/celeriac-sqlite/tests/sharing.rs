@@ -46,7 +46,7 @@ async fn messages_survive_dropping_every_handle() {
     let b = SqliteBroker::open(&path).await.unwrap();
     let d = b.fetch(&now("q", 10)).await.unwrap();
     assert_eq!(d.len(), 1);
-    assert_eq!(d[0].message.as_ref().unwrap(), &m);
+    assert_eq!(**d[0].message.as_ref().unwrap(), m);
     assert!(b.get(&TaskId::from("r")).await.unwrap().is_some());
 }
 

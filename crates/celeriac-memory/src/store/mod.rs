@@ -102,7 +102,7 @@ impl Pending {
 /// One leased message, handed back by [`Store::take`].
 #[derive(Debug)]
 pub(crate) struct Taken {
-    /// The message, cloned into the delivery outside the lock.
+    /// The message, shared with the delivery.
     pub message: Arc<Message>,
     /// The lease.
     pub lease: Lease,

@@ -206,7 +206,11 @@ mod tests {
         held.into_iter()
             .map(|h| {
                 let delivery = Delivery {
-                    message: Ok(Message::new("t", vec![], Default::default())),
+                    message: Ok(std::sync::Arc::new(Message::new(
+                        "t",
+                        vec![],
+                        Default::default(),
+                    ))),
                     lease: h.lease.clone(),
                     deliveries: 1,
                 };
