@@ -2,3 +2,5 @@
 //! Celery and kombu.
 
 pub mod envelope;
+pub mod results;
+pub use results::RedisBackend;
