@@ -31,6 +31,7 @@ pub mod result;
 pub mod retry;
 pub mod state;
 pub mod task;
+pub mod wire;
 
 pub use args::{ArgsError, FromArgs, IntoArgs};
 pub use backend::DynResultBackend;
