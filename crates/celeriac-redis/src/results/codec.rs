@@ -10,6 +10,7 @@
 //! naive or `Z` dates, and extra fields (`group_id`, `parent_id`, the
 //! extended-result fields), which are ignored.
 
+use celeriac_core::wire::{compress, json};
 use celeriac_core::{Error, ErrorKind, TaskId, TaskResult, TaskState};
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
 use serde::Serialize;
@@ -124,22 +125,20 @@ pub(crate) fn decode_result(raw: &[u8]) -> Result<TaskResult, Error> {
 }
 
 /// Turns the raw bytes into a JSON value: strips a compression prefix,
-/// then reads the JSON leniently.
+/// then reads Python's JSON dialect (bare `NaN`/`Infinity` become the
+/// strings `"NaN"`/`"Infinity"`, integers beyond 64 bits the nearest
+/// float; see `celeriac_core::wire::json`).
 fn parse_value(raw: &[u8]) -> Result<Value, Error> {
-    // TODO(H3): switch to `celeriac_core::wire::compress::strip_result_compression`
-    // and `celeriac_core::wire::json::from_slice` once they land.
-    if raw.starts_with(COMPRESSED_PREFIX) {
-        return Err(Error::new(
-            ErrorKind::Unsupported,
-            "stored result is compressed (Celery 5.7 `result_compression`); not readable yet",
-        ));
-    }
-    serde_json::from_slice(raw)
+    let plain = compress::strip_result_compression(raw).map_err(|e| {
+        Error::with_source(
+            e.kind(),
+            "stored result is compressed and cannot be decompressed",
+            e,
+        )
+    })?;
+    json::to_value(&plain)
         .map_err(|e| Error::with_source(ErrorKind::Malformed, "stored result is not valid JSON", e))
 }
-
-/// The start of a result value compressed by Celery 5.7+ (§3.4).
-const COMPRESSED_PREFIX: &[u8] = b"\x00celery-compressed\x00";
 
 fn malformed(msg: String) -> Error {
     Error::new(ErrorKind::Malformed, msg)
