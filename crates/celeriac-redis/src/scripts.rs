@@ -1,0 +1,74 @@
+//! The Lua scripts, loaded once per process and run with `EVALSHA` (the
+//! `redis` crate loads a script again when a restarted server forgot it).
+//!
+//! Every script but `unlock` starts with `scripts/common.lua`: the key and
+//! argument layout every script shares, the attempt record and its fencing
+//! check; then the result store's `celeriac_store_result`. [`Scripts::call`] fills that shared layout.
+
+use std::sync::OnceLock;
+
+use redis::{Script, ScriptInvocation};
+
+use crate::keys::Keys;
+
+const COMMON: &str = include_str!("scripts/common.lua");
+
+/// The scripts a broker runs.
+#[derive(Debug)]
+pub(crate) struct Scripts {
+    pub publish: Script,
+    pub claim: Script,
+    pub settle: Script,
+    pub extend: Script,
+    pub peek: Script,
+    pub defer: Script,
+    pub due: Script,
+    pub restore: Script,
+    pub unlock: Script,
+    pub admin: Script,
+}
+
+fn with_common(body: &str) -> Script {
+    let store = crate::results::script::STORE_RESULT_LUA;
+    Script::new(&format!("{COMMON}\n{store}\n{body}"))
+}
+
+/// Returns the scripts, built once per process.
+pub(crate) fn scripts() -> &'static Scripts {
+    static SCRIPTS: OnceLock<Scripts> = OnceLock::new();
+    SCRIPTS.get_or_init(|| Scripts {
+        publish: with_common(include_str!("scripts/publish.lua")),
+        claim: with_common(include_str!("scripts/claim.lua")),
+        settle: with_common(include_str!("scripts/settle.lua")),
+        extend: with_common(include_str!("scripts/extend.lua")),
+        peek: with_common(include_str!("scripts/peek.lua")),
+        defer: with_common(include_str!("scripts/defer.lua")),
+        due: with_common(include_str!("scripts/due.lua")),
+        restore: with_common(include_str!("scripts/restore.lua")),
+        unlock: Script::new(include_str!("scripts/unlock.lua")),
+        admin: with_common(include_str!("scripts/admin.lua")),
+    })
+}
+
+/// Returns an invocation of `script` with the shared keys and arguments
+/// filled in; the caller appends the script's own arguments.
+pub(crate) fn invocation<'a>(
+    script: &'a Script,
+    keys: &Keys,
+    visibility_timeout: f64,
+) -> ScriptInvocation<'a> {
+    let mut inv = script.prepare_invoke();
+    inv.key(&keys.unacked)
+        .key(&keys.unacked_index)
+        .key(&keys.attempts)
+        .key(&keys.tokens)
+        .key(&keys.token_seq)
+        .key(&keys.dead)
+        .key(&keys.revoked)
+        .key(&keys.queues)
+        .arg(&keys.prefix)
+        .arg(&keys.sep)
+        .arg(&keys.steps_csv)
+        .arg(visibility_timeout);
+    inv
+}

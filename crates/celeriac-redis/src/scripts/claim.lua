@@ -1,0 +1,158 @@
+-- Claims up to `max` messages atomically: each one popped is recorded in
+-- kombu's unacked hash and unacked_index (exactly as kombu writes them) and
+-- in celeriac's attempt record with a fresh fencing token, in this one
+-- script, so no message is ever out of both the list and unacked.
+--
+-- ARGV[5] lease in seconds, ARGV[6] max, ARGV[7..] queues, in the order to
+-- serve them (the caller rotates it for fairness).
+--
+-- Order: due delayed messages first, then the lists by priority step
+-- (step 0 first, as kombu's BRPOP key order), round robin across the queues
+-- within a step.
+--
+-- Returns {n, next_due, restore_due, revoked, then n times: queue index
+-- (1-based), delivery tag, token, deliveries, wrapped (1: payload is the
+-- unacked value [envelope, exchange, routing_key]; 0: the envelope), payload}.
+-- next_due (unix seconds, "" for none) is when something may become
+-- claimable by itself (an eta, a lease end), given only when n is 0;
+-- restore_due is 1 when some lease has ended and a sweep should run;
+-- revoked is 1 when any revocation is remembered.
+
+local lease = tonumber(ARGV[5])
+local max = tonumber(ARGV[6])
+local queues = {}
+for i = 7, #ARGV do queues[#queues + 1] = ARGV[i] end
+
+local t = now()
+local score = fmt(t + lease - VT)
+local out = {}
+local n = 0
+
+local function claimed(qi, tag, wrapped, payload)
+  local tok, _, dl = read_record(tag)
+  if tok and tok ~= '0' then redis.call('HDEL', K_TOKENS, tok) end
+  dl = (dl or 0) + 1
+  local token = redis.call('INCR', K_SEQ)
+  redis.call('ZADD', K_INDEX, score, tag)
+  write_record(tag, token, score, dl)
+  redis.call('HSET', K_TOKENS, token, tag)
+  out[#out + 1] = qi
+  out[#out + 1] = tag
+  out[#out + 1] = token
+  out[#out + 1] = dl
+  out[#out + 1] = wrapped
+  out[#out + 1] = payload
+  n = n + 1
+end
+
+-- An entry that is not a JSON object cannot go to unacked (a kombu sweep
+-- would choke on it): it becomes a dead letter at once.
+local function dead(queue, env, reason)
+  local meta = cjson.encode({queue = queue, reason = reason, at = t, wrapped = false})
+  redis.call('RPUSH', K_DEAD, meta .. '\n' .. env)
+end
+
+local function take(qi, queue, env)
+  local tag, ex, rk
+  local props = string.match(env, '"properties"%s*:%s*(%b{})')
+  if props then
+    tag = string.match(props, '"delivery_tag"%s*:%s*"([^"\\]+)"')
+    local di = string.match(props, '"delivery_info"%s*:%s*(%b{})')
+    if di then
+      ex = string.match(di, '"exchange"%s*:%s*"([^"\\]*)"')
+      rk = string.match(di, '"routing_key"%s*:%s*"([^"\\]+)"')
+    end
+  end
+  if tag and ex and rk then
+    ex, rk = '"' .. ex .. '"', '"' .. rk .. '"'
+  else
+    -- The fast path did not find everything: read the envelope properly.
+    if not string.find(env, '^%s*{') then
+      return dead(queue, env, 'the envelope is not a JSON object')
+    end
+    local ok, obj = pcall(cjson.decode, env)
+    if not ok or type(obj) ~= 'table' then
+      return dead(queue, env, 'the envelope is not valid JSON')
+    end
+    local p = type(obj.properties) == 'table' and obj.properties or {}
+    local di = type(p.delivery_info) == 'table' and p.delivery_info or {}
+    tag = p.delivery_tag
+    if type(tag) == 'number' then tag = tostring(tag) end
+    if type(tag) ~= 'string' or tag == '' then tag = nil end
+    ex = cjson.encode(type(di.exchange) == 'string' and di.exchange or '')
+    local r = di.routing_key
+    rk = cjson.encode((type(r) == 'string' and r ~= '') and r or queue)
+  end
+  local value = '[' .. env .. ', ' .. ex .. ', ' .. rk .. ']'
+  -- A missing tag, or one already in unacked (a producer that reused a
+  -- tag), gets a generated one so no backup overwrites another.
+  if not tag or redis.call('HSETNX', K_UNACKED, tag, value) == 0 then
+    tag = 'celeriac-' .. redis.call('INCR', K_SEQ)
+    redis.call('HSET', K_UNACKED, tag, value)
+  end
+  claimed(qi, tag, 0, env)
+end
+
+-- Delayed messages whose eta has come, still held (a stale member, whose
+-- message was restored or settled meanwhile, is dropped).
+for qi, q in ipairs(queues) do
+  if n >= max then break end
+  local dk = delayed_key(q)
+  local due = redis.call('ZRANGEBYSCORE', dk, '-inf', fmt(t), 'LIMIT', 0, max - n)
+  for _, tag in ipairs(due) do
+    redis.call('ZREM', dk, tag)
+    local tok, sc = read_record(tag)
+    local s = redis.call('ZSCORE', K_INDEX, tag)
+    local value = redis.call('HGET', K_UNACKED, tag)
+    if tok == '0' and s and tonumber(s) == tonumber(sc) and value then
+      claimed(qi, tag, 1, value)
+    end
+  end
+end
+
+for _, step in ipairs(STEPS) do
+  if n >= max then break end
+  if #queues == 1 then
+    local envs = redis.call('RPOP', list_key(queues[1], step), max - n)
+    if envs then
+      for _, env in ipairs(envs) do take(1, queues[1], env) end
+    end
+  else
+    local active = {}
+    for qi = 1, #queues do active[qi] = qi end
+    while n < max and #active > 0 do
+      local still = {}
+      for _, qi in ipairs(active) do
+        if n >= max then break end
+        local env = redis.call('RPOP', list_key(queues[qi], step))
+        if env then
+          take(qi, queues[qi], env)
+          still[#still + 1] = qi
+        end
+      end
+      active = still
+    end
+  end
+end
+
+local next_due = nil
+local restore_due = 0
+local first = redis.call('ZRANGE', K_INDEX, 0, 0, 'WITHSCORES')
+if first[2] then
+  local at = tonumber(first[2]) + VT
+  if at <= t then restore_due = 1 end
+  next_due = at
+end
+if n == 0 then
+  for _, q in ipairs(queues) do
+    local d = redis.call('ZRANGE', delayed_key(q), 0, 0, 'WITHSCORES')
+    if d[2] then
+      local at = tonumber(d[2])
+      if not next_due or at < next_due then next_due = at end
+    end
+  end
+end
+local revoked = redis.call('EXISTS', K_REVOKED)
+local head = {n, next_due and fmt(next_due) or '', restore_due, revoked}
+for i = 1, #out do head[#head + 1] = out[i] end
+return head

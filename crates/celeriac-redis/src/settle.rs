@@ -1,0 +1,224 @@
+//! Ending and extending attempts: `settle.lua` and `extend.lua`, fenced by
+//! the attempt's token, with the result written in the same script.
+//!
+//! A release needs the envelope marked as redelivered (kombu's restore
+//! does that), which is done here in Rust: the held value is read first
+//! (`peek.lua`), then the release script checks the token again and moves
+//! it. Releases are rare (shutdown, extra deliveries), so the second round
+//! trip is no cost worth a JSON rewrite in Lua.
+
+use std::time::Duration;
+
+use celeriac_core::{Error, ErrorKind, Lease, LeaseStatus, Message, Settlement, TaskResult};
+use chrono::Utc;
+use redis::Value;
+
+use crate::conn::redis_error;
+use crate::fetch::{bytes, int, unwrap_value};
+use crate::publish::{prepare, unix};
+use crate::results::codec::encode_result;
+use crate::scripts::{invocation, scripts};
+use crate::{envelope, Inner};
+
+/// What one settlement does.
+#[derive(Debug)]
+pub(crate) enum Op {
+    Ack(Option<TaskResult>),
+    Retry(Box<Message>, Option<TaskResult>),
+    Release,
+    DeadLetter(String, Option<TaskResult>),
+}
+
+impl Op {
+    /// Returns the operation a settlement asks for.
+    pub fn of(s: Settlement) -> Result<Op, Error> {
+        Ok(match s {
+            Settlement::Ack { result } => Op::Ack(result),
+            Settlement::Retry { message, result } => Op::Retry(message, result),
+            Settlement::Release => Op::Release,
+            Settlement::DeadLetter { reason, result } => Op::DeadLetter(reason, result),
+            other => {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    format!("unknown settlement {other:?}"),
+                ))
+            }
+        })
+    }
+}
+
+/// Returns the `LeaseLost` error for a lease.
+pub(crate) fn lease_lost(lease: &Lease) -> Error {
+    Error::new(
+        ErrorKind::LeaseLost,
+        format!(
+            "the lease on task {} (token {}) is no longer held",
+            lease.id, lease.token
+        ),
+    )
+}
+
+/// Settles one attempt.
+pub(crate) async fn settle(inner: &Inner, lease: &Lease, s: Settlement) -> Result<(), Error> {
+    let op = Op::of(s)?;
+    let done = settle_many(inner, vec![(lease.clone(), op)]).await?;
+    if done.first() == Some(&true) {
+        Ok(())
+    } else {
+        Err(lease_lost(lease))
+    }
+}
+
+/// Settles attempts in one script call, returning for each whether its
+/// lease was held (and it is now settled).
+pub(crate) async fn settle_many(inner: &Inner, ops: Vec<(Lease, Op)>) -> Result<Vec<bool>, Error> {
+    // Releases first read what they hand back.
+    let releases: Vec<u64> = ops
+        .iter()
+        .filter(|(_, op)| matches!(op, Op::Release))
+        .map(|(l, _)| l.token)
+        .collect();
+    let mut held_values = if releases.is_empty() {
+        Vec::new()
+    } else {
+        peek(inner, &releases).await?
+    }
+    .into_iter();
+
+    let now = Utc::now();
+    let s = scripts();
+    let mut inv = invocation(
+        &s.settle,
+        &inner.keys,
+        inner.cfg.visibility_timeout.as_secs_f64(),
+    );
+    let empty: &[u8] = b"";
+    for (lease, op) in &ops {
+        let (kind, result) = match op {
+            Op::Ack(r) => ("a", r.as_ref()),
+            Op::Retry(_, r) => ("r", r.as_ref()),
+            Op::Release => ("l", None),
+            Op::DeadLetter(_, r) => ("d", r.as_ref()),
+        };
+        inv.arg(kind).arg(lease.token);
+        match result {
+            Some(r) => {
+                inv.arg(inner.results.key(&r.task_id))
+                    .arg(inner.results.expiry_ms())
+                    .arg(encode_result(r)?);
+            }
+            None => {
+                inv.arg(empty).arg(0).arg(empty);
+            }
+        }
+        match op {
+            Op::Ack(_) => {
+                for _ in 0..6 {
+                    inv.arg(empty);
+                }
+            }
+            Op::Retry(next, _) => {
+                for part in prepare(inner, next, now)? {
+                    inv.arg(part);
+                }
+            }
+            Op::Release => {
+                let value = held_values.next().unwrap_or_default();
+                let (key, env) = if value.is_empty() {
+                    // Not held: the script will refuse it anyway.
+                    (String::new(), Vec::new())
+                } else {
+                    let env = unwrap_value(&value);
+                    let priority = envelope::decode(env, &lease.queue).priority;
+                    let again = envelope::redelivered(env).unwrap_or_else(|| env.to_vec());
+                    (inner.keys.list_for(&lease.queue, priority), again)
+                };
+                inv.arg(key).arg(env);
+                for _ in 0..4 {
+                    inv.arg(empty);
+                }
+            }
+            Op::DeadLetter(reason, _) => {
+                let meta = serde_json::json!({
+                    "id": lease.id.as_str(),
+                    "queue": &*lease.queue,
+                    "reason": reason,
+                    "at": unix(now),
+                    "wrapped": true,
+                });
+                inv.arg(meta.to_string());
+                for _ in 0..5 {
+                    inv.arg(empty);
+                }
+            }
+        }
+    }
+    let mut conn = inner.conn.manager();
+    let reply: Vec<i64> = inv
+        .invoke_async(&mut conn)
+        .await
+        .map_err(|e| redis_error(e, "settling"))?;
+    Ok(reply.into_iter().map(|n| n == 1).collect())
+}
+
+/// Returns the unacked value each token holds (empty when not held).
+async fn peek(inner: &Inner, tokens: &[u64]) -> Result<Vec<Vec<u8>>, Error> {
+    let s = scripts();
+    let mut inv = invocation(
+        &s.peek,
+        &inner.keys,
+        inner.cfg.visibility_timeout.as_secs_f64(),
+    );
+    for t in tokens {
+        inv.arg(*t);
+    }
+    let mut conn = inner.conn.manager();
+    let reply: Value = inv
+        .invoke_async(&mut conn)
+        .await
+        .map_err(|e| redis_error(e, "reading held messages"))?;
+    let Value::Array(parts) = reply else {
+        return Ok(Vec::new());
+    };
+    Ok(parts
+        .into_iter()
+        .map(|v| bytes(v).unwrap_or_default())
+        .collect())
+}
+
+/// Extends leases by `by` from now.
+pub(crate) async fn extend(
+    inner: &Inner,
+    leases: &[Lease],
+    by: Duration,
+) -> Result<Vec<LeaseStatus>, Error> {
+    if leases.is_empty() {
+        return Ok(Vec::new());
+    }
+    let s = scripts();
+    let mut inv = invocation(
+        &s.extend,
+        &inner.keys,
+        inner.cfg.visibility_timeout.as_secs_f64(),
+    );
+    inv.arg(by.as_secs_f64());
+    for l in leases {
+        inv.arg(l.token).arg(l.id.as_str());
+    }
+    let mut conn = inner.conn.manager();
+    let reply: Value = inv
+        .invoke_async(&mut conn)
+        .await
+        .map_err(|e| redis_error(e, "extending leases"))?;
+    let Value::Array(parts) = reply else {
+        return Err(Error::new(ErrorKind::Other, "unexpected reply from extend"));
+    };
+    Ok(parts
+        .iter()
+        .map(|v| match int(v) {
+            Some(1) => LeaseStatus::Held,
+            Some(2) => LeaseStatus::Revoked,
+            _ => LeaseStatus::Lost,
+        })
+        .collect())
+}
