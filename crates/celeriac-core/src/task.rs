@@ -40,6 +40,9 @@ pub struct TaskOptions {
     pub acks_late: bool,
     /// Run on the blocking thread pool (for CPU-heavy or blocking code).
     pub blocking: bool,
+    /// Store a `STARTED` state (with the worker's pid and name) when an
+    /// attempt begins, as Celery's `track_started`.
+    pub track_started: bool,
 }
 
 impl TaskOptions {
@@ -57,6 +60,7 @@ impl TaskOptions {
             ignore_result: false,
             acks_late: true,
             blocking: false,
+            track_started: false,
         }
     }
 
@@ -111,6 +115,12 @@ impl TaskOptions {
     /// Runs on the blocking thread pool.
     pub fn blocking(mut self, yes: bool) -> Self {
         self.blocking = yes;
+        self
+    }
+
+    /// Stores a `STARTED` state when an attempt begins.
+    pub fn track_started(mut self, yes: bool) -> Self {
+        self.track_started = yes;
         self
     }
 }

@@ -129,6 +129,7 @@ mod options;
 /// | `time_limit` | seconds | after this the task is stopped and fails |
 /// | `ignore_result` | flag, or `true`/`false` | store no result |
 /// | `acks_late` | `true`/`false` (or flag) | acknowledge after running (default true) or before |
+/// | `track_started` | `true`/`false` (or flag) | store `STARTED` (pid, worker name) when an attempt begins |
 /// | `blocking` | flag, or `true`/`false` | run a plain `fn` on the blocking pool |
 /// | `crate` | path, or `"path"` | where the facade is, when it is renamed; default `::celeriac` |
 ///

@@ -26,6 +26,7 @@ const KNOWN: &[&str] = &[
     "time_limit",
     "ignore_result",
     "acks_late",
+    "track_started",
     "blocking",
     "crate",
 ];
@@ -71,6 +72,8 @@ pub(crate) struct TaskAttr {
     ignore_result: Option<bool>,
     /// `acks_late = bool` (or the bare flag).
     acks_late: Option<bool>,
+    /// `track_started = bool` (or the bare flag).
+    track_started: Option<bool>,
     /// `blocking` or `blocking = bool`, and where it was written.
     pub(crate) blocking: Option<(bool, Span)>,
     /// `crate = path`: where the facade lives, `::celeriac` by default.
@@ -129,6 +132,7 @@ impl TaskAttr {
             "time_limit" => self.time_limit = Some(seconds(&meta, &key)?),
             "ignore_result" => self.ignore_result = Some(flag(&meta, &key)?),
             "acks_late" => self.acks_late = Some(flag(&meta, &key)?),
+            "track_started" => self.track_started = Some(flag(&meta, &key)?),
             "blocking" => self.blocking = Some((flag(&meta, &key)?, ident.span())),
             "crate" => {
                 let value = meta.value()?;
@@ -211,6 +215,9 @@ impl TaskAttr {
         }
         if let Some(yes) = self.acks_late {
             calls.extend(quote!(.acks_late(#yes)));
+        }
+        if let Some(yes) = self.track_started {
+            calls.extend(quote!(.track_started(#yes)));
         }
         if self.is_blocking() {
             calls.extend(quote!(.blocking(true)));

@@ -233,6 +233,7 @@ on_every_backend!(
     blocking_task_runs_on_the_pool,
     ignore_result_stores_nothing,
     kwargs_and_positional_args_mix,
+    track_started_stores_started_with_pid_and_worker,
 );
 
 async fn success_stores_the_value(kind: &str) {
@@ -345,6 +346,29 @@ async fn revoking_a_running_task_cancels_it(kind: &str) {
     wait_until(|| count(&key) == 1).await;
     assert_eq!(r.revoke().await.unwrap(), celeriac::Revoked::Running);
     assert!(matches!(r.get(WAIT).await, Err(GetError::Revoked { .. })));
+    w.stop_now();
+    w.join().await.unwrap();
+}
+
+async fn track_started_stores_started_with_pid_and_worker(kind: &str) {
+    let e = env(kind).await;
+    let key = format!("started-{kind}-{}", celeriac::TaskId::new());
+    let w = e
+        .app
+        .worker()
+        .name("w-started@test")
+        .track_started(true)
+        .spawn();
+    let r = Sleepy::s((key.clone(), 60_000)).send(&e.app).await.unwrap();
+    wait_until(|| count(&key) == 1).await;
+    // The task runs (it bumped its counter), so STARTED was stored first.
+    let stored = e.app.backend().unwrap().get(r.id()).await.unwrap().unwrap();
+    assert_eq!(stored.status, TaskState::Started);
+    assert_eq!(stored.result["pid"], json!(std::process::id()));
+    assert_eq!(stored.result["hostname"], json!("w-started@test"));
+    assert_eq!(stored.date_done, None);
+    assert_eq!(r.state().await.unwrap(), TaskState::Started);
+    assert!(r.revoke().await.is_ok());
     w.stop_now();
     w.join().await.unwrap();
 }
@@ -707,5 +731,91 @@ async fn malformed_stored_message_is_dead_lettered_and_the_worker_goes_on() {
         other => panic!("expected a failure, got {other:?}"),
     }
     w.stop_now();
+    w.join().await.unwrap();
+}
+
+/// A real memory result store behind a switch that makes stores fail as an
+/// unreachable server would, so a test can cut the results off.
+struct Outage {
+    inner: celeriac::memory::MemoryBroker,
+    /// How many more stores fail.
+    failures: std::sync::atomic::AtomicU32,
+    attempts: std::sync::atomic::AtomicU32,
+}
+
+impl celeriac::core::ResultBackend for Outage {
+    async fn store(&self, result: celeriac::TaskResult) -> Result<(), celeriac::Error> {
+        use std::sync::atomic::Ordering;
+        self.attempts.fetch_add(1, Ordering::SeqCst);
+        let left = self.failures.load(Ordering::SeqCst);
+        if left > 0 {
+            self.failures.store(left - 1, Ordering::SeqCst);
+            return Err(celeriac::Error::new(
+                ErrorKind::Transient,
+                "result store unreachable",
+            ));
+        }
+        celeriac::core::ResultBackend::store(&self.inner, result).await
+    }
+    async fn get(
+        &self,
+        id: &celeriac::TaskId,
+    ) -> Result<Option<celeriac::TaskResult>, celeriac::Error> {
+        celeriac::core::ResultBackend::get(&self.inner, id).await
+    }
+    async fn wait(
+        &self,
+        id: &celeriac::TaskId,
+        timeout: Duration,
+    ) -> Result<Option<celeriac::TaskResult>, celeriac::Error> {
+        celeriac::core::ResultBackend::wait(&self.inner, id, timeout).await
+    }
+    async fn forget(&self, id: &celeriac::TaskId) -> Result<(), celeriac::Error> {
+        celeriac::core::ResultBackend::forget(&self.inner, id).await
+    }
+}
+
+async fn app_with_outage(failures: u32) -> (App, std::sync::Arc<Outage>) {
+    let outage = std::sync::Arc::new(Outage {
+        inner: celeriac::memory::MemoryBroker::new(),
+        failures: failures.into(),
+        attempts: 0.into(),
+    });
+    let app = App::builder()
+        .broker(format!("memory://{}", celeriac::TaskId::new()))
+        .backend_instance(Some(outage.clone()))
+        .task(Add)
+        .task(Stubborn)
+        .build()
+        .await
+        .unwrap();
+    (app, outage)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_result_store_outage_is_ridden_out() {
+    let (app, outage) = app_with_outage(3).await;
+    let w = app.worker().spawn();
+    let r = Add::s((2, 3)).send(&app).await.unwrap();
+    assert_eq!(r.get(WAIT).await.unwrap(), 5);
+    assert_eq!(outage.attempts.load(std::sync::atomic::Ordering::SeqCst), 4);
+    w.stop();
+    w.join().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_result_store_outage_leaves_the_task_unacknowledged() {
+    // Six tries fail: the attempt is not acknowledged without its result,
+    // so the task is delivered again once its lease ends, and that run's
+    // result is stored.
+    let (app, outage) = app_with_outage(6).await;
+    let key = format!("outage-{}", celeriac::TaskId::new());
+    let w = app.worker().lease(Duration::from_millis(300)).spawn();
+    let r = Stubborn::s((key.clone(), 0)).send(&app).await.unwrap();
+    // `Stubborn` returns its delivery count: 2 proves the redelivery.
+    assert_eq!(r.get(WAIT).await.unwrap(), 2);
+    assert_eq!(count(&key), 2);
+    assert_eq!(outage.attempts.load(std::sync::atomic::Ordering::SeqCst), 7);
+    w.stop();
     w.join().await.unwrap();
 }

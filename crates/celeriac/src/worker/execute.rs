@@ -31,6 +31,8 @@ pub(crate) struct Env {
     pub(crate) hard: CancellationToken,
     /// Fires on a soft stop: prefetched tasks not yet started are handed back.
     pub(crate) soft: super::Stop,
+    /// Store `STARTED` for every task (Celery's `task_track_started`).
+    pub(crate) track_started: bool,
 }
 
 /// How an attempt ended, before it becomes a settlement.
@@ -109,6 +111,9 @@ async fn attempt(
         return Ending::DeadLetter(reason, Some(exc));
     };
     let options = handler.options();
+    if (env.track_started || options.track_started) && !message.headers.ignore_result {
+        store_started(env, message).await;
+    }
     // Borrowed, not cloned: a token clone takes the token's mutex.
     let cancel = &held.cancel;
     let ctx = TaskContext {
@@ -225,6 +230,28 @@ async fn attempt(
     }
 }
 
+/// Stores `STARTED` with the worker's pid and name, as Celery does
+/// (`{"pid": .., "hostname": ..}`). A failure to store it is logged, never
+/// fatal: the state is informational.
+async fn store_started(env: &Env, message: &Message) {
+    let Some(backend) = env.app.backend() else {
+        return;
+    };
+    let mut r = TaskResult::new(
+        message.headers.id.clone(),
+        TaskState::Started,
+        serde_json::json!({"pid": std::process::id(), "hostname": env.worker}),
+        None,
+    );
+    r.date_done = None;
+    r.name = Some(message.headers.task.clone());
+    r.retries = Some(message.headers.retries);
+    r.worker = Some(env.worker.clone());
+    if let Err(e) = backend.store(r).await {
+        tracing::warn!(task_id = %message.headers.id, error = %e.chain_text(), "storing STARTED failed");
+    }
+}
+
 /// Returns the next delivery of a retried task: same id, one more retry,
 /// not before `delay` from now.
 fn next_attempt(message: &Message, delay: Duration) -> Message {
@@ -329,7 +356,12 @@ async fn settle(
             r.name = message.map(|m| m.headers.task.clone());
             r.retries = message.map(|m| m.headers.retries);
             r.worker = Some(env.worker.clone());
-            attach(env, settlement, r).await
+            match attach(env, settlement, r).await {
+                Some(s) => s,
+                // The result could not be stored: not acknowledged, so the
+                // lease runs out and the task is delivered again.
+                None => return,
+            }
         }
     };
     let broker = env.app.broker();
@@ -358,9 +390,13 @@ async fn settle(
 
 /// Puts the result into the settlement when the broker stores results,
 /// or stores it in the separate backend first (then settles without it).
-async fn attach(env: &Env, settlement: Settlement, result: TaskResult) -> Settlement {
+///
+/// A separate backend that stays unreachable through a few tries gives
+/// `None`: the attempt is then not settled, so it is not acknowledged
+/// without its result; the lease runs out and the task runs again.
+async fn attach(env: &Env, settlement: Settlement, result: TaskResult) -> Option<Settlement> {
     if env.app.results_in_broker() {
-        return match settlement {
+        return Some(match settlement {
             Settlement::Ack { .. } => Settlement::Ack {
                 result: Some(result),
             },
@@ -373,12 +409,31 @@ async fn attach(env: &Env, settlement: Settlement, result: TaskResult) -> Settle
                 result: Some(result),
             },
             other => other,
-        };
+        });
     }
-    if let Some(backend) = env.app.backend() {
-        if let Err(e) = backend.store(result).await {
-            tracing::error!(error = %e.chain_text(), "storing the result failed");
+    let Some(backend) = env.app.backend() else {
+        return Some(settlement);
+    };
+    let mut pause = Duration::from_millis(50);
+    for attempt in 0..6 {
+        match backend.store(result.clone()).await {
+            Ok(()) => return Some(settlement),
+            Err(e) if attempt < 5 && e.kind().is_transient() => {
+                tracing::warn!(task_id = %result.task_id, error = %e.chain_text(), "storing the result failed; trying again");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+            Err(e) if e.kind().is_transient() => {
+                tracing::error!(task_id = %result.task_id, error = %e.chain_text(), "storing the result failed; the task will be redelivered");
+                return None;
+            }
+            Err(e) => {
+                // Not a passing outage (a result too large, say): retrying
+                // would fail the same way forever.
+                tracing::error!(task_id = %result.task_id, error = %e.chain_text(), "storing the result failed");
+                return Some(settlement);
+            }
         }
     }
-    settlement
+    None
 }

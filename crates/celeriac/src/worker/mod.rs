@@ -108,6 +108,7 @@ pub struct WorkerBuilder {
     pub(crate) lease: Duration,
     pub(crate) grace: Duration,
     pub(crate) fetch_wait: Duration,
+    pub(crate) track_started: bool,
 }
 
 impl WorkerBuilder {
@@ -125,6 +126,7 @@ impl WorkerBuilder {
             lease: Duration::from_secs(30),
             grace: Duration::from_secs(30),
             fetch_wait: Duration::from_secs(1),
+            track_started: false,
         }
     }
 
@@ -170,6 +172,15 @@ impl WorkerBuilder {
     /// before they are cancelled and handed back (default 30 s).
     pub fn grace(mut self, d: Duration) -> Self {
         self.grace = d;
+        self
+    }
+
+    /// Stores a `STARTED` state for every task when its attempt begins, as
+    /// Celery's `task_track_started` setting (default off; a task can ask
+    /// for it alone with `#[task(track_started)]`). It costs one result
+    /// write per task.
+    pub fn track_started(mut self, yes: bool) -> Self {
+        self.track_started = yes;
         self
     }
 
@@ -305,6 +316,7 @@ async fn run_worker(
         stats: stats.clone(),
         hard: hard.clone(),
         soft: soft.clone(),
+        track_started: cfg.track_started,
     });
     tracing::info!(worker = %cfg.name, queues = ?cfg.queues, concurrency = cfg.concurrency, "worker started");
     // Long-lived runners take deliveries from a shared queue: no task
