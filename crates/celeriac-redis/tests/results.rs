@@ -842,3 +842,25 @@ async fn reads_celery_57_compressed_results() {
         Some(TaskState::Started)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn urls_are_checked_and_tls_is_built_in() {
+    let e = RedisBackend::from_url("redis://127.0.0.1:6379/0?result_expires=soon")
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    let e = RedisBackend::from_url("amqp://127.0.0.1/")
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    // Nothing listens on port 1: a passing fault, whatever the scheme. A
+    // rediss:// URL gets that far only if TLS is compiled in.
+    for url in ["redis://127.0.0.1:1/0", "rediss://127.0.0.1:1/0"] {
+        let e = RedisBackend::from_url(url).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Transient, "{url}: {}", e.chain_text());
+    }
+    let e = RedisBackend::from_url("redis://:hunter2@127.0.0.1:1/0")
+        .await
+        .unwrap_err();
+    assert!(!e.chain_text().contains("hunter2"), "{}", e.chain_text());
+}

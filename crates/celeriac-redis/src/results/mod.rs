@@ -79,6 +79,9 @@ pub(crate) use store::ResultStore;
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a failed (re)connection is retried, with backoff from 100 ms,
+/// before a command fails with a transient error (about 0.7 s in all).
+const CONNECT_RETRIES: usize = 3;
 
 /// A Celery-compatible Redis result backend.
 ///
@@ -174,6 +177,7 @@ impl RedisBackendBuilder {
             )
         })?;
         let config = ConnectionManagerConfig::new()
+            .set_number_of_retries(CONNECT_RETRIES)
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_connection_timeout(Some(CONNECT_TIMEOUT));
         let conn = ConnectionManager::new_with_config(client.clone(), config)

@@ -174,7 +174,7 @@ impl ResultStore {
                     Err(_) => break,
                 },
                 Event::Message(payload) => match decode_result(&payload) {
-                    Ok(r) if r.task_id == *id || r.task_id.as_str().is_empty() => {
+                    Ok(r) if r.task_id == *id => {
                         if r.status.is_ready() {
                             return Ok(Some(r));
                         }
