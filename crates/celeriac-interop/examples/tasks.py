@@ -14,6 +14,8 @@ Environment:
     CELERY_BROKER_URL          broker URL (default redis://127.0.0.1:6379/0)
     CELERY_RESULT_BACKEND      result backend URL (default: the broker URL)
     CELERY_VISIBILITY_TIMEOUT  broker visibility timeout in seconds (kombu default 3600)
+    CELERY_PRIORITY_STEPS      kombu priority steps, e.g. 0,5,9 (default 0,3,6,9)
+    CELERY_SEP                 kombu priority separator (default "\x06\x16")
     CELERY_RESULT_COMPRESSION  result compression, e.g. gzip (Celery 5.7+ only)
     CELERIAC_READY_FILE        a worker creates this file once it is ready
 """
@@ -33,10 +35,17 @@ app.conf.update(
     worker_prefetch_multiplier=4,
     result_expires=86400,
 )
+_transport = {}
 if os.environ.get("CELERY_VISIBILITY_TIMEOUT"):
-    app.conf.broker_transport_options = {
-        "visibility_timeout": float(os.environ["CELERY_VISIBILITY_TIMEOUT"]),
-    }
+    _transport["visibility_timeout"] = float(os.environ["CELERY_VISIBILITY_TIMEOUT"])
+if os.environ.get("CELERY_PRIORITY_STEPS"):
+    _transport["priority_steps"] = [
+        int(s) for s in os.environ["CELERY_PRIORITY_STEPS"].split(",")
+    ]
+if os.environ.get("CELERY_SEP"):
+    _transport["sep"] = os.environ["CELERY_SEP"]
+if _transport:
+    app.conf.broker_transport_options = _transport
 if os.environ.get("CELERY_RESULT_COMPRESSION"):
     app.conf.result_compression = os.environ["CELERY_RESULT_COMPRESSION"]
 

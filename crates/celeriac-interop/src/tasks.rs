@@ -91,8 +91,7 @@ impl Task for SleepStarted {
     type Output = f64;
 
     fn options() -> celeriac::TaskOptions {
-        // track_started: waits for TaskOptions::track_started (lead).
-        celeriac::TaskOptions::new(Self::NAME)
+        celeriac::TaskOptions::new(Self::NAME).track_started(true)
     }
 
     async fn run(ctx: TaskContext, (seconds,): (f64,)) -> Result<f64, TaskError> {
