@@ -106,7 +106,14 @@ pub(crate) async fn fetch(inner: &Inner, req: &FetchRequest) -> Result<Vec<Deliv
             let at = now + Duration::try_from_secs_f64(ahead).unwrap_or(Duration::ZERO);
             until = until.min(at.max(now + MIN_RECHECK));
         }
-        let keys: Vec<String> = queues.iter().flat_map(|q| inner.keys.lists(q)).collect();
+        let keys: Vec<String> = queues
+            .iter()
+            .flat_map(|q| {
+                let mut k = inner.keys.lists(q);
+                k.push(inner.keys.wake(q));
+                k
+            })
+            .collect();
         wake::wait(inner, &keys, until).await?;
     }
 }

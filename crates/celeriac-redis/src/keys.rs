@@ -12,6 +12,7 @@
 //! | `celeriac.tokens` | hash | token → delivery tag |
 //! | `celeriac.token` | string | the fencing-token counter |
 //! | `celeriac.delayed.<queue>` | zset | delivery tag → eta (unix seconds) of held delayed messages |
+//! | `celeriac.wake.<queue>` | list | a signal to waiting fetches: a delayed message was published |
 //! | `celeriac.dead` | list | dead letters, oldest first |
 //! | `celeriac.revoked` | zset | task id → when the revocation is forgotten |
 //! | `celeriac.queues` | set | queue names published or consumed through celeriac |
@@ -111,6 +112,12 @@ impl Keys {
     /// Returns the delayed set of a queue.
     pub fn delayed(&self, queue: &str) -> String {
         format!("{}celeriac.delayed.{queue}", self.prefix)
+    }
+
+    /// Returns the list a fetch waiting on a queue watches besides the
+    /// queue's own lists: a delayed publish pushes to it.
+    pub fn wake(&self, queue: &str) -> String {
+        format!("{}celeriac.wake.{queue}", self.prefix)
     }
 
     /// Returns kombu's binding table of an exchange.

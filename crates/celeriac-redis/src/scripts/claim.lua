@@ -23,6 +23,8 @@ local max = tonumber(ARGV[6])
 local queues = {}
 for i = 7, #ARGV do queues[#queues + 1] = ARGV[i] end
 
+for _, q in ipairs(queues) do redis.call('DEL', wake_key(q)) end
+
 local t = now()
 local score = fmt(t + lease - VT)
 local out = {}

@@ -42,6 +42,13 @@ local function delayed_key(queue)
   return PREFIX .. 'celeriac.delayed.' .. queue
 end
 
+-- A list that fetches waiting on the queue watch (with BLMOVE, as they
+-- watch the queue's lists): a push wakes them to look at the delayed set
+-- again; every claim empties it.
+local function wake_key(queue)
+  return PREFIX .. 'celeriac.wake.' .. queue
+end
+
 -- Returns token, score, deliveries of a tag's record, or nil.
 local function read_record(tag)
   local rec = redis.call('HGET', K_ATTEMPTS, tag)
@@ -100,6 +107,8 @@ local function put(kind, key, tag, eta, index_score, value)
     local _, _, dl = read_record(tag)
     write_record(tag, '0', index_score, dl or 0)
     redis.call('ZADD', key, eta, tag)
+    local q = string.sub(key, #PREFIX + #'celeriac.delayed.' + 1)
+    redis.call('LPUSH', wake_key(q), '1')
   else
     redis.call('LPUSH', key, value)
   end
