@@ -240,8 +240,8 @@ impl std::fmt::Debug for AppBuilder {
 }
 
 impl AppBuilder {
-    /// Sets the broker URL: `sqlite://path.db` (the default, `sqlite://celeriac.db`)
-    /// or `memory://`.
+    /// Sets the broker URL: `sqlite://path.db` (the default, `sqlite://celeriac.db`),
+    /// `memory://`, or `redis://host:port/db` (feature `redis`).
     pub fn broker(mut self, url: impl Into<String>) -> Self {
         self.broker_url = Some(url.into());
         self
@@ -327,16 +327,7 @@ impl AppBuilder {
             };
         let (backend, results_in_broker) = match (self.backend, &self.backend_url) {
             (Some(explicit), _) => (explicit, false),
-            (None, Some(url)) if *url != broker_url => {
-                let opened = open_url(url).await?;
-                let backend = opened.backend.ok_or_else(|| {
-                    Error::new(
-                        ErrorKind::InvalidInput,
-                        format!("`{url}` cannot store results"),
-                    )
-                })?;
-                (Some(backend), false)
-            }
+            (None, Some(url)) if *url != broker_url => (Some(open_backend_url(url).await?), false),
             (None, _) => {
                 let in_broker = own_backend.is_some() && broker.capabilities().results;
                 (own_backend, in_broker)
@@ -414,6 +405,15 @@ async fn open_url(url: &str) -> Result<Opened, Error> {
                 memory: None,
             })
         }
+        #[cfg(feature = "redis")]
+        "redis" | "rediss" => {
+            let r = Arc::new(celeriac_redis::RedisBroker::from_url(url).await?);
+            Ok(Opened {
+                broker: r.clone(),
+                backend: Some(r),
+                memory: None,
+            })
+        }
         other => Err(Error::new(
             ErrorKind::InvalidInput,
             format!(
@@ -424,12 +424,32 @@ async fn open_url(url: &str) -> Result<Opened, Error> {
     }
 }
 
-fn supported_schemes() -> &'static str {
-    if cfg!(feature = "sqlite") {
-        "sqlite:// and memory://"
-    } else {
-        "memory://"
+/// Opens a results-only URL (`.backend(url)` naming another place than
+/// the broker). A Redis URL opens just the result backend, not a broker.
+async fn open_backend_url(url: &str) -> Result<Arc<dyn DynResultBackend>, Error> {
+    #[cfg(feature = "redis")]
+    if url.starts_with("redis://") || url.starts_with("rediss://") {
+        return Ok(Arc::new(celeriac_redis::RedisBackend::from_url(url).await?));
     }
+    open_url(url).await?.backend.ok_or_else(|| {
+        Error::new(
+            ErrorKind::InvalidInput,
+            format!("`{url}` cannot store results"),
+        )
+    })
+}
+
+fn supported_schemes() -> String {
+    let mut schemes = Vec::new();
+    if cfg!(feature = "sqlite") {
+        schemes.push("sqlite://");
+    }
+    if cfg!(feature = "redis") {
+        schemes.push("redis://");
+        schemes.push("rediss://");
+    }
+    schemes.push("memory://");
+    schemes.join(", ")
 }
 
 /// Matches `name` against a pattern where `*` matches any run of characters.

@@ -42,6 +42,7 @@
 //! |---|---|---|
 //! | `sqlite://path.db` | `sqlite` (default) | [`celeriac_sqlite`](https://docs.rs/celeriac-sqlite) |
 //! | `memory://` or `memory://name` | always | [`memory`] |
+//! | `redis://host:port/db`, `rediss://` | `redis` | [`celeriac_redis`](https://docs.rs/celeriac-redis): broker + results, or results only (`.backend(url)`), wire-compatible with Celery |
 //!
 //! The message model is Celery's protocol v2 ([`Message`]), the same on
 //! every backend.
@@ -73,6 +74,10 @@ pub use celeriac_memory as memory;
 /// The embedded SQLite backend (`sqlite://`).
 #[cfg(feature = "sqlite")]
 pub use celeriac_sqlite as sqlite;
+
+/// The Redis backend (`redis://`, `rediss://`), wire-compatible with Celery.
+#[cfg(feature = "redis")]
+pub use celeriac_redis as redis;
 
 /// The `#[task]` attribute: turns an `async fn` (or a `blocking` plain fn)
 /// into a [`Task`].
