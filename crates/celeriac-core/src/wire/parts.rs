@@ -18,6 +18,9 @@
 //! UTC, also for v1 messages with `utc: false`). A `compression` header is
 //! applied and removed, so re-publishing the message sends it uncompressed.
 
+use std::fmt;
+
+use serde::de::{self, Deserialize, Deserializer, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 use super::{compress, json, time};
@@ -185,19 +188,30 @@ pub fn message_from_parts(
     let body = match headers.remove("compression") {
         None | Some(Value::Null) => body,
         Some(Value::String(name)) => {
-            decompressed = compress::decompress(&name, body).map_err(|e| {
-                WireError::new(WireErrorKind::Decode, &ctx, e.chain_text())
-            })?;
+            decompressed = compress::decompress(&name, body)
+                .map_err(|e| WireError::new(WireErrorKind::Decode, &ctx, e.chain_text()))?;
             &decompressed[..]
         }
         Some(other) => {
             return Err(WireError::new(
                 WireErrorKind::InvalidTask,
                 &ctx,
-                format!("`compression` header must be a string, got {}", type_name(&other)),
+                format!(
+                    "`compression` header must be a string, got {}",
+                    type_name(&other)
+                ),
             ))
         }
     };
+
+    if let Some(body) = strict_v2_body(body) {
+        let headers = read_headers(&ctx, headers)?;
+        return Ok(Message {
+            headers,
+            properties,
+            body,
+        });
+    }
 
     let parsed = json::to_value(body).map_err(|e| {
         let what = match (content_type, content_encoding) {
@@ -207,7 +221,11 @@ pub fn message_from_parts(
             }
             _ => "cannot decode message body".to_owned(),
         };
-        WireError::new(WireErrorKind::Decode, &ctx, format!("{what}: {}", e.chain_text()))
+        WireError::new(
+            WireErrorKind::Decode,
+            &ctx,
+            format!("{what}: {}", e.chain_text()),
+        )
     })?;
 
     let body = match parsed {
@@ -231,6 +249,61 @@ pub fn message_from_parts(
         properties,
         body,
     })
+}
+
+/// Reads a v2 body `[args, kwargs, embed]` in one typed pass: strict
+/// JSON, exactly three elements, `args` an array, `kwargs` an object, the
+/// embed an object or `null`. `None` for anything else, which
+/// [`message_from_parts`] then reads leniently or rejects with a reason.
+///
+/// This is the hot path's body reader; transports with a typed fast path
+/// of their own (the Redis envelope) use it directly.
+///
+/// ```
+/// use celeriac_core::wire::parts::strict_v2_body;
+/// let b = strict_v2_body(br#"[[2, 3], {"x": 1}, null]"#).unwrap();
+/// assert_eq!(b.args.len(), 2);
+/// assert!(strict_v2_body(b"[[2, 3], {}]").is_none());
+/// assert!(strict_v2_body(b"[[NaN], {}, {}]").is_none());
+/// ```
+pub fn strict_v2_body(bytes: &[u8]) -> Option<Body> {
+    serde_json::from_slice::<StrictBody>(bytes)
+        .ok()
+        .map(|b| b.0)
+}
+
+struct StrictBody(Body);
+
+impl<'de> Deserialize<'de> for StrictBody {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = StrictBody;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("[args, kwargs, embed]")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<StrictBody, A::Error> {
+                let args: Vec<Value> = seq
+                    .next_element()?
+                    .ok_or_else(|| de::Error::invalid_length(0, &self))?;
+                let kwargs: Map<String, Value> = seq
+                    .next_element()?
+                    .ok_or_else(|| de::Error::invalid_length(1, &self))?;
+                let embed: Option<Embed> = seq
+                    .next_element()?
+                    .ok_or_else(|| de::Error::invalid_length(2, &self))?;
+                if seq.next_element::<de::IgnoredAny>()?.is_some() {
+                    return Err(de::Error::invalid_length(4, &self));
+                }
+                Ok(StrictBody(Body {
+                    args,
+                    kwargs,
+                    embed: embed.unwrap_or_default(),
+                }))
+            }
+        }
+        d.deserialize_seq(V)
+    }
 }
 
 fn check_content_type(ctx: &Ctx, content_type: Option<&str>) -> Result<(), WireError> {
@@ -350,7 +423,11 @@ fn embed_of(ctx: &Ctx, v: Value) -> Result<Embed, WireError> {
     match v {
         Value::Null => Ok(Embed::default()),
         Value::Object(_) => serde_json::from_value(v).map_err(|e| {
-            WireError::new(WireErrorKind::InvalidTask, ctx, format!("invalid embed: {e}"))
+            WireError::new(
+                WireErrorKind::InvalidTask,
+                ctx,
+                format!("invalid embed: {e}"),
+            )
         }),
         other => Err(WireError::new(
             WireErrorKind::InvalidTask,
@@ -368,14 +445,20 @@ fn read_headers(ctx: &Ctx, mut headers: Map<String, Value>) -> Result<Headers, W
         Some(Value::String(_)) => {}
         None | Some(Value::Null) => return Err(invalid("message has no task name".to_owned())),
         Some(other) => {
-            return Err(invalid(format!("task name must be a string, got {}", type_name(other))))
+            return Err(invalid(format!(
+                "task name must be a string, got {}",
+                type_name(other)
+            )))
         }
     }
     match headers.get("id") {
         Some(Value::String(_)) => {}
         None | Some(Value::Null) => return Err(invalid("message has no task id".to_owned())),
         Some(other) => {
-            return Err(invalid(format!("task id must be a string, got {}", type_name(other))))
+            return Err(invalid(format!(
+                "task id must be a string, got {}",
+                type_name(other)
+            )))
         }
     }
     let eta = take_time(ctx, &mut headers, "eta")?;
@@ -400,7 +483,10 @@ fn take_time(
         Some(other) => Err(WireError::new(
             WireErrorKind::InvalidTask,
             ctx,
-            format!("`{name}` must be an ISO-8601 string, got {}", type_name(&other)),
+            format!(
+                "`{name}` must be an ISO-8601 string, got {}",
+                type_name(&other)
+            ),
         )),
     }
 }

@@ -549,3 +549,82 @@ proptest! {
         let _ = redelivered(&b);
     }
 }
+
+fn same(a: &Decoded, b: &Decoded) {
+    assert_eq!(a.id, b.id);
+    assert_eq!(a.task, b.task);
+    assert_eq!(a.delivery_tag, b.delivery_tag);
+    assert_eq!(a.exchange, b.exchange);
+    assert_eq!(a.routing_key, b.routing_key);
+    assert_eq!(a.priority, b.priority);
+    match (&a.message, &b.message) {
+        (Ok(x), Ok(y)) => assert_eq!(x, y),
+        (x, y) => panic!("fast and general paths differ: {x:?} vs {y:?}"),
+    }
+}
+
+#[test]
+fn fast_path_agrees_with_the_general_path() {
+    let fast = fast_decode(CAPTURED.as_bytes(), "celery").expect("fast path taken");
+    same(&fast, &general_decode(CAPTURED.as_bytes(), "celery"));
+    let mut v = captured();
+    v["properties"]
+        .as_object_mut()
+        .unwrap()
+        .remove("delivery_info");
+    v["headers"]["eta"] = json!("2026-11-23T11:01:56.630562+00:00");
+    v["headers"]["expires"] = json!("2026-11-23T11:01:56.630562123Z");
+    v["headers"]["timelimit"] = json!([1, 2.5]);
+    v["headers"]["retries"] = json!(null);
+    let r = raw(&v);
+    let fast = fast_decode(&r, "emails").expect("fast path taken");
+    same(&fast, &general_decode(&r, "emails"));
+    assert_eq!(fast.routing_key, "emails");
+    // Unusual entries leave the fast path.
+    for (path, value) in [
+        ("/headers/eta", json!("2026-11-23T11:01:56")),
+        ("/headers/compression", json!("gzip")),
+        ("/properties/body_encoding", json!("utf-8")),
+        ("/content-type", json!("application/x-yaml")),
+        ("/body", json!(b64("[[1], {}]"))),
+        ("/body", json!(b64("[[NaN], {}, {}]"))),
+    ] {
+        let mut v = captured();
+        let (parent, key) = path.rsplit_once('/').unwrap();
+        v.pointer_mut(parent)
+            .unwrap()
+            .as_object_mut()
+            .unwrap()
+            .insert(key.to_owned(), value);
+        assert!(fast_decode(&raw(&v), "celery").is_none(), "{path}");
+    }
+}
+
+proptest! {
+    #[test]
+    fn fast_path_agrees_on_any_message(
+        args in prop::collection::vec(arb_json(), 0..4),
+        kwargs in prop::collection::btree_map("\\PC{1,8}", arb_json(), 0..3),
+        priority in prop::option::of(0u8..12),
+        eta in prop::option::of(0i64..4_000_000_000),
+    ) {
+        let mut m = Message::new("tasks.t", args, kwargs.into_iter().collect());
+        m.properties.priority = priority;
+        m.headers.eta = eta.and_then(|s| chrono::DateTime::from_timestamp(s, 123_456_000));
+        let r = encode(&m, "tag").unwrap();
+        let fast = fast_decode(&r, "celery").expect("fast path taken");
+        same(&fast, &general_decode(&r, "celery"));
+    }
+}
+
+#[test]
+fn fast_path_times_match_python() {
+    let mut v = captured();
+    v["headers"]["eta"] = json!("2026-11-23T11:01:56.630562999+00:00");
+    let d = fast_decode(&raw(&v), "celery").expect("fast path taken");
+    let eta = d.message.unwrap().headers.eta.unwrap();
+    assert_eq!(eta.timestamp_subsec_nanos(), 630_562_000);
+    v["headers"]["eta"] = json!("2026-12-31T23:59:60+00:00");
+    assert!(fast_decode(&raw(&v), "celery").is_none());
+    assert!(err_text(&decode(&raw(&v), "celery")).contains("`eta`"));
+}
