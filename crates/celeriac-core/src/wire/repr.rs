@@ -139,16 +139,49 @@ fn write_str(out: &mut String, s: &str) {
                 out.push('\\');
                 out.push(c);
             }
-            c if c.is_control() && u32::from(c) <= 0xff => {
-                let _ = write!(out, "\\x{:02x}", u32::from(c));
-            }
-            c if c.is_control() || c == '\u{2028}' || c == '\u{2029}' => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            c if !is_printable(c) => {
+                let n = u32::from(c);
+                let _ = match n {
+                    0..=0xff => write!(out, "\\x{n:02x}"),
+                    0x100..=0xffff => write!(out, "\\u{n:04x}"),
+                    _ => write!(out, "\\U{n:08x}"),
+                };
             }
             c => out.push(c),
         }
     }
     out.push(quote);
+}
+
+/// Python's `str.isprintable()` for one character, without Unicode
+/// tables: controls, separators other than the space, the common format
+/// characters, private use and the non-characters are escaped.
+fn is_printable(c: char) -> bool {
+    !(c.is_control()
+        || matches!(
+            c,
+            '\u{a0}'
+                | '\u{ad}'
+                | '\u{600}'..='\u{605}'
+                | '\u{61c}'
+                | '\u{6dd}'
+                | '\u{70f}'
+                | '\u{1680}'
+                | '\u{180e}'
+                | '\u{2000}'..='\u{200f}'
+                | '\u{2028}'..='\u{202f}'
+                | '\u{205f}'..='\u{2064}'
+                | '\u{2066}'..='\u{206f}'
+                | '\u{3000}'
+                | '\u{e000}'..='\u{f8ff}'
+                | '\u{feff}'
+                | '\u{fff9}'..='\u{fffb}'
+                | '\u{fffe}'
+                | '\u{ffff}'
+                | '\u{e0001}'
+                | '\u{e0020}'..='\u{e007f}'
+                | '\u{f0000}'..='\u{10ffff}'
+        ))
 }
 
 /// Python's `repr(float)`: shortest round-trip digits, positional for
@@ -222,6 +255,10 @@ mod tests {
             ("line\nnext\ttab", "'line\\nnext\\ttab'"),
             ("\u{1}\u{7f}\u{85}", "'\\x01\\x7f\\x85'"),
             ("café ☃ 😀", "'café ☃ 😀'"),
+            (
+                "\u{a0}\u{ad}\u{2028}\u{feff}\u{f0000}",
+                "'\\xa0\\xad\\u2028\\ufeff\\U000f0000'",
+            ),
         ];
         for (s, want) in cases {
             assert_eq!(repr(&json!(s)), want, "{s:?}");
