@@ -56,7 +56,10 @@ impl Fx {
         let client = redis::Client::open(url.as_str()).expect("a Redis URL");
         let raw = match tokio::time::timeout(
             Duration::from_secs(5),
-            client.get_multiplexed_async_connection(),
+            client.get_multiplexed_async_connection_with_config(
+                &redis::AsyncConnectionConfig::new()
+                    .set_response_timeout(Some(Duration::from_secs(30))),
+            ),
         )
         .await
         {
@@ -538,7 +541,7 @@ async fn concurrent_waiters_share_one_connection() {
     let Some(fx) = Fx::new("concurrent_waiters_share_one_connection").await else {
         return;
     };
-    const N: usize = 5_000;
+    const N: usize = 10_000;
     let before = fx.last_client_id().await;
     let ids: Vec<TaskId> = (0..N).map(|_| TaskId::new()).collect();
     let waits = ids.iter().map(|id| {

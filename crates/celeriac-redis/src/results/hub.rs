@@ -94,8 +94,11 @@ impl Shared {
 }
 
 impl Hub {
-    /// Returns a hub that connects with `client` on the first wait.
+    /// Returns a hub that connects with `client` on the first wait. The
+    /// Pub/Sub connection always speaks RESP2 (what `aio::PubSub` reads),
+    /// whatever protocol the URL asked for.
     pub(crate) fn new(client: redis::Client) -> Self {
+        let client = resp2(client);
         Hub {
             shared: Arc::new(Shared {
                 registry: Mutex::new(Registry::default()),
@@ -179,6 +182,26 @@ impl Drop for Hub {
         };
         if let Some(t) = task {
             t.abort();
+        }
+    }
+}
+
+/// Returns `client`, or the same client speaking RESP2 when it asked for
+/// another protocol.
+fn resp2(client: redis::Client) -> redis::Client {
+    let info = client.get_connection_info();
+    if info.redis_settings().protocol() == redis::ProtocolVersion::RESP2 {
+        return client;
+    }
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(redis::ProtocolVersion::RESP2);
+    match redis::Client::open(info.clone().set_redis_settings(settings)) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot switch the result pub/sub connection to RESP2");
+            client
         }
     }
 }
