@@ -5,7 +5,8 @@
 //! |---|---|---|
 //! | `application/x-gzip`, `gzip`, `zlib` | a **zlib** stream (RFC 1950), as kombu writes it; a real gzip stream (RFC 1952) is accepted too | yes |
 //! | `application/x-bz2`, `bzip2`, `bzip` | bzip2 | yes |
-//! | `application/x-lzma`, `lzma`, `xz`, `application/x-brotli`, `brotli`, `application/zstd`, `zstd`, `zstandard` | | no: [`ErrorKind::Unsupported`] |
+//! | `application/x-lzma`, `lzma`, `xz` | xz (Python's `lzma.compress` default), or the legacy `.lzma` format | yes |
+//! | `application/x-brotli`, `brotli`, `application/zstd`, `zstd`, `zstandard` | | no: [`ErrorKind::Unsupported`] |
 //!
 //! Output is capped ([`DEFAULT_LIMIT`]) so a small hostile payload cannot
 //! expand into all memory.
@@ -38,6 +39,8 @@ pub enum Compression {
     Zlib,
     /// kombu's `application/x-bz2`.
     Bzip2,
+    /// kombu's `application/x-lzma`: an xz stream (or a legacy `.lzma` one).
+    Xz,
 }
 
 impl Compression {
@@ -50,17 +53,13 @@ impl Compression {
         match n.as_str() {
             "application/x-gzip" | "gzip" | "zlib" => Ok(Compression::Zlib),
             "application/x-bz2" | "bzip2" | "bzip" => Ok(Compression::Bzip2),
-            "application/x-lzma"
-            | "lzma"
-            | "xz"
-            | "application/x-brotli"
-            | "brotli"
-            | "application/zstd"
-            | "zstd"
-            | "zstandard" => Err(Error::new(
-                ErrorKind::Unsupported,
-                format!("compression `{name}` is not supported (only zlib/gzip and bzip2)"),
-            )),
+            "application/x-lzma" | "lzma" | "xz" => Ok(Compression::Xz),
+            "application/x-brotli" | "brotli" | "application/zstd" | "zstd" | "zstandard" => {
+                Err(Error::new(
+                    ErrorKind::Unsupported,
+                    format!("compression `{name}` is not supported (only zlib/gzip, bzip2 and xz)"),
+                ))
+            }
             _ => Err(Error::new(
                 ErrorKind::Unsupported,
                 format!("unknown compression `{name}`"),
@@ -96,6 +95,7 @@ pub fn decompress_limited(content_type: &str, data: &[u8], limit: usize) -> Resu
         Compression::Bzip2 => bzip2::read::MultiBzDecoder::new(data)
             .take(cap)
             .read_to_end(&mut out),
+        Compression::Xz => return decompress_xz(content_type, data, limit),
     };
     if let Err(e) = read {
         return Err(Error::with_source(
@@ -111,6 +111,54 @@ pub fn decompress_limited(content_type: &str, data: &[u8], limit: usize) -> Resu
         ));
     }
     Ok(out)
+}
+
+/// xz (or legacy lzma) into a writer that stops at `limit`.
+fn decompress_xz(content_type: &str, data: &[u8], limit: usize) -> Result<Vec<u8>, Error> {
+    let mut w = Capped {
+        out: Vec::new(),
+        limit,
+        over: false,
+    };
+    let mut input = data;
+    let r = if data.starts_with(b"\xfd7zXZ\x00") {
+        lzma_rs::xz_decompress(&mut input, &mut w)
+    } else {
+        lzma_rs::lzma_decompress(&mut input, &mut w)
+    };
+    match r {
+        Ok(()) => Ok(w.out),
+        Err(_) if w.over => Err(Error::new(
+            ErrorKind::PayloadTooLarge,
+            format!("`{content_type}` data decompresses to more than {limit} bytes"),
+        )),
+        Err(e) => Err(Error::with_source(
+            ErrorKind::Malformed,
+            format!("cannot decompress `{content_type}` data"),
+            std::io::Error::other(format!("{e:?}")),
+        )),
+    }
+}
+
+/// A writer that refuses to grow past its limit.
+struct Capped {
+    out: Vec<u8>,
+    limit: usize,
+    over: bool,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.out.len() + buf.len() > self.limit {
+            self.over = true;
+            return Err(std::io::Error::other("decompressed data over the limit"));
+        }
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Removes Celery 5.7's result compression, if present.
@@ -191,13 +239,36 @@ mod tests {
     }
 
     #[test]
+    fn xz_and_legacy_lzma_from_python() {
+        // lzma.compress(data) and lzma.compress(data, format=lzma.FORMAT_ALONE)
+        let data: Vec<u8> = {
+            let digits: Vec<String> = (0..500).map(|i| (i % 10).to_string()).collect();
+            format!("[[{}], {{}}, {{}}]", digits.join(", ")).into_bytes()
+        };
+        let xz = hex("fd377a585a000004e6d6b4460200210116000000742fe5a3e005e5002d5d002de0bc58211562080a1683ebc62ffc1293f2fdef203f35889f6890f618f55824f22e24f637f525bc04c48ded0000000000ab50239dce5caeb9000149e60b000000073a979bb1c467fb020000000004595a");
+        let alone = hex("5d00008000ffffffffffffffff002de0bc58211562080a1683ebc62ffc1293f2fdef203f35889f6890f618f55824f22e24f637f525bc04c6aa5246bffef8e940");
+        for name in ["application/x-lzma", "lzma", "xz"] {
+            assert_eq!(decompress(name, &xz).unwrap(), data);
+            assert_eq!(decompress(name, &alone).unwrap(), data);
+        }
+        let err = decompress_limited("xz", &xz, 1000).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::PayloadTooLarge);
+        assert_eq!(
+            decompress("xz", &xz[..40]).unwrap_err().kind(),
+            ErrorKind::Malformed
+        );
+    }
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    #[test]
     fn unsupported_and_unknown_names() {
-        for name in [
-            "application/x-lzma",
-            "application/x-brotli",
-            "application/zstd",
-            "rot13",
-        ] {
+        for name in ["application/x-brotli", "application/zstd", "rot13"] {
             let err = decompress(name, b"x").unwrap_err();
             assert_eq!(err.kind(), ErrorKind::Unsupported, "{name}");
             assert!(err.to_string().contains(name), "{err}");
@@ -261,6 +332,10 @@ mod tests {
         fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
             let _ = decompress("gzip", &bytes);
             let _ = decompress("bzip2", &bytes);
+            let _ = decompress("xz", &bytes);
+            let mut xz = b"\xfd7zXZ\x00".to_vec();
+            xz.extend_from_slice(&bytes);
+            let _ = decompress("xz", &xz);
             let _ = strip_result_compression(&bytes);
             let mut p = RESULT_PREFIX.to_vec();
             p.extend_from_slice(&bytes);

@@ -342,7 +342,7 @@ fn compression_header_is_applied_and_removed() {
     assert_eq!(e.id.as_ref().map(TaskId::as_str), Some(ID));
 
     let mut h = python_headers();
-    h.insert("compression".into(), json!("application/x-lzma"));
+    h.insert("compression".into(), json!("application/x-brotli"));
     let e = message_from_parts(h, props(), BODY, JSON, UTF8).unwrap_err();
     assert!(e.reason.contains("not supported"), "{e}");
 }
