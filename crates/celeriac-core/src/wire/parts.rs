@@ -14,7 +14,7 @@
 //!
 //! Everything else becomes a [`WireError`] saying why, with the task id and
 //! name when they were readable so the worker can store a FAILURE.
-//! `eta`/`expires` are read with [`time::parse`](super::time::parse) (naive is
+//! `eta`/`expires` are read with [`time::parse`] (naive is
 //! UTC, also for v1 messages with `utc: false`). A `compression` header is
 //! applied and removed, so re-publishing the message sends it uncompressed.
 

@@ -1,12 +1,12 @@
 //! ISO-8601 times as Celery sends and reads them (`celery-protocol.md` §2).
 //!
-//! [`parse`] accepts what Python's `dateutil.isoparse` accepts in practice:
+//! [`parse()`] accepts what Python's `dateutil.isoparse` accepts in practice:
 //! `T`, `t` or a space between date and time, basic (`20260102T030405`) or
 //! extended form, a fraction of any length after `.` or `,` (truncated to
 //! microseconds), `Z`/`z`, `±HH`, `±HHMM` or `±HH:MM`, and `24:00`. A time
 //! without offset (naive) is read as **UTC**, Celery's default timezone.
 //!
-//! [`format`] writes Celery's own form, always with an explicit offset:
+//! [`format()`] writes Celery's own form, always with an explicit offset:
 //! `2026-11-23T11:01:56.630562+00:00`.
 //!
 //! ```
