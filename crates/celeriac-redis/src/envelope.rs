@@ -599,8 +599,9 @@ fn build(
 /// The body's bytes per `body_encoding`.
 fn body_bytes<'a>(text: &'a Cow<'a, str>, encoding: Option<&str>) -> Result<Cow<'a, [u8]>, String> {
     match encoding {
-        Some("base64") => decode_base64(text).map(Cow::Owned),
-        None | Some("utf-8") => Ok(Cow::Borrowed(text.as_bytes())),
+        None => Ok(Cow::Borrowed(text.as_bytes())),
+        Some(e) if e.eq_ignore_ascii_case("base64") => decode_base64(text).map(Cow::Owned),
+        Some(e) if e.eq_ignore_ascii_case("utf-8") => Ok(Cow::Borrowed(text.as_bytes())),
         Some(other) => Err(format!(
             "unknown body_encoding `{other}` (expected base64 or utf-8)"
         )),

@@ -289,9 +289,13 @@ fn row3_unknown_body_encoding() {
         assert!(e.contains("body_encoding"), "{e}");
         assert_eq!(d.id.as_ref().map(TaskId::as_str), Some(ID));
     }
+    // Case does not matter (kombu lowercases utf-8).
+    let mut v = captured();
+    v["properties"]["body_encoding"] = json!("BASE64");
+    assert!(decode(&raw(&v), "celery").message.is_ok());
     // Absent or utf-8: the body is the JSON text itself.
     let body = r#"[[7], {"k": "é \" q"}, {}]"#;
-    for enc in [None, Some("utf-8")] {
+    for enc in [None, Some("utf-8"), Some("UTF-8")] {
         let mut v = captured();
         v["body"] = json!(body);
         match enc {
