@@ -722,6 +722,42 @@ pub fn redelivered(raw: &[u8]) -> Option<Vec<u8>> {
     serde_json::to_vec(&v).ok()
 }
 
+/// Returns an entry's wire priority (`properties.priority`, clamped to
+/// 0..=9; 0 when absent or unreadable) without decoding the rest: for
+/// choosing the list to put an entry back on.
+///
+/// ```
+/// use celeriac_redis::envelope::priority_of;
+/// assert_eq!(priority_of(br#"{"body": "", "properties": {"priority": 6}}"#), 6);
+/// assert_eq!(priority_of(b"not json"), 0);
+/// ```
+pub fn priority_of(raw: &[u8]) -> u8 {
+    #[derive(Deserialize)]
+    struct Env {
+        #[serde(default)]
+        properties: Option<Props>,
+    }
+    #[derive(Deserialize)]
+    struct Props {
+        #[serde(default)]
+        priority: Option<Value>,
+    }
+    let priority = match serde_json::from_slice::<Env>(raw) {
+        Ok(env) => env.properties.and_then(|p| p.priority),
+        Err(_) => match wire::json::to_value(raw) {
+            Ok(v) => v.pointer("/properties/priority").cloned(),
+            Err(_) => None,
+        },
+    };
+    match priority {
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+            .map_or(0, |p| p.min(9) as u8),
+        _ => 0,
+    }
+}
+
 /// Returns the list key for `queue` at wire `priority` (§4.3): the step is
 /// the largest of `steps` not above the priority (clamped to 0..=9); step 0
 /// is the bare queue name, any other `<queue><sep><step>`.

@@ -632,3 +632,26 @@ fn fast_path_times_match_python() {
     assert!(fast_decode(&raw(&v), "celery").is_none());
     assert!(err_text(&decode(&raw(&v), "celery")).contains("`eta`"));
 }
+
+#[test]
+fn priority_of_reads_only_the_priority() {
+    assert_eq!(priority_of(CAPTURED.as_bytes()), 0);
+    for (p, want) in [
+        (json!(5), 5),
+        (json!(200), 9),
+        (json!(-1), 0),
+        (json!("x"), 0),
+        (json!(3.0), 3),
+    ] {
+        let mut v = captured();
+        v["properties"]["priority"] = p;
+        assert_eq!(priority_of(&raw(&v)), want);
+        assert_eq!(decode(&raw(&v), "celery").priority, want);
+    }
+    let nan = CAPTURED
+        .replace("\"stamps\": {}", "\"stamps\": NaN")
+        .replace("\"priority\": 0", "\"priority\": 7");
+    assert_eq!(priority_of(nan.as_bytes()), 7);
+    assert_eq!(priority_of(b"[]"), 0);
+    assert_eq!(priority_of(br#"{"properties": null}"#), 0);
+}
