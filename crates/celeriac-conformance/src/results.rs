@@ -25,28 +25,33 @@ pub async fn store_get_replace_forget<F: Fixture>(f: &F) {
         return skip("results::store_get_replace_forget", "results");
     }
     let id = TaskId::new();
-    let mut r = TaskResult::success(id.clone(), json!({"sum": 5, "items": [1, "x"]}));
+    // A non-ready state first: Celery's result stores keep a SUCCESS
+    // against later writes (a late duplicate must not undo it), so the
+    // replacement is checked in the order a retried task produces.
+    let exc = celeriac_core::ExceptionInfo::new("ValueError", "builtins", "bad");
+    let mut r = TaskResult::new(
+        id.clone(),
+        TaskState::Retry,
+        exc.to_value(),
+        Some("Traceback ...".to_owned()),
+    );
     r.name = Some("conformance.add".to_owned());
     r.retries = Some(2);
-    r.traceback = Some("no traceback".to_owned());
     r.children = vec![json!("child-1")];
-    // Whole milliseconds, so a backend that stores the date as a number
-    // reads back the same value.
-    r.date_done = Some(in_future(Duration::ZERO));
+    // Celery dates only ready states.
+    r.date_done = None;
     ok(b.store(r.clone()).await, "store");
     let got = ok(b.get(&id).await, "get").expect("a stored result");
     assert_eq!(got, r, "a result reads back as stored");
-
-    let exc = celeriac_core::ExceptionInfo::new("ValueError", "builtins", "bad");
-    let fail = TaskResult::failure(id.clone(), &exc, Some("Traceback ...".to_owned()));
-    ok(b.store(fail.clone()).await, "store again");
-    let got = ok(b.get(&id).await, "get").expect("a stored result");
-    assert_eq!(
-        got.status,
-        TaskState::Failure,
-        "a second store replaces the first"
-    );
     assert_eq!(got.exception(), Some(exc));
+
+    let mut done = TaskResult::success(id.clone(), json!({"sum": 5, "items": [1, "x"]}));
+    // Whole milliseconds, so a backend that stores the date as a number
+    // reads back the same value.
+    done.date_done = Some(in_future(Duration::ZERO));
+    ok(b.store(done.clone()).await, "store again");
+    let got = ok(b.get(&id).await, "get").expect("a stored result");
+    assert_eq!(got, done, "a second store replaces the first");
 
     ok(b.forget(&id).await, "forget");
     assert_eq!(ok(b.get(&id).await, "get"), None, "a forgotten result");
