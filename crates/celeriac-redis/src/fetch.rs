@@ -52,7 +52,7 @@ struct Claim {
 }
 
 /// Leases up to `req.max` messages (see the module docs).
-pub(crate) async fn fetch(inner: &Inner, req: &FetchRequest) -> Result<Vec<Delivery>, Error> {
+pub(crate) async fn fetch(inner: &Arc<Inner>, req: &FetchRequest) -> Result<Vec<Delivery>, Error> {
     if req.queues.is_empty() || req.max == 0 {
         return Ok(Vec::new());
     }

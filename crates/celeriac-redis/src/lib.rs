@@ -129,6 +129,8 @@ struct Inner {
     rotation: AtomicUsize,
     /// Set once the start-up sweep ran.
     swept: std::sync::atomic::AtomicBool,
+    /// Settlements waiting to be sent together.
+    batcher: settle::Batcher,
 }
 
 impl std::fmt::Debug for RedisBroker {
@@ -273,6 +275,7 @@ impl RedisBrokerBuilder {
                 results,
                 rotation: AtomicUsize::new(0),
                 swept: std::sync::atomic::AtomicBool::new(false),
+                batcher: settle::Batcher::default(),
             }),
         })
     }

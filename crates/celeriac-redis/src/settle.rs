@@ -7,11 +7,13 @@
 //! it. Releases are rare (shutdown, extra deliveries), so the second round
 //! trip is no cost worth a JSON rewrite in Lua.
 
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use celeriac_core::{Error, ErrorKind, Lease, LeaseStatus, Message, Settlement, TaskResult};
 use chrono::Utc;
 use redis::Value;
+use tokio::sync::oneshot;
 
 use crate::conn::redis_error;
 use crate::fetch::{bytes, int, unwrap_value};
@@ -58,14 +60,89 @@ pub(crate) fn lease_lost(lease: &Lease) -> Error {
     )
 }
 
-/// Settles one attempt.
-pub(crate) async fn settle(inner: &Inner, lease: &Lease, s: Settlement) -> Result<(), Error> {
+/// The most settlements one script call carries.
+const BATCH_MAX: usize = 512;
+
+type Reply = oneshot::Sender<Result<bool, Error>>;
+
+/// Settlements waiting for the flusher, shared by a broker's clones.
+///
+/// Settles that arrive together (a worker finishing many tasks at once)
+/// go to the server in one script call: the first one to find no flusher
+/// running spawns one, which takes everything queued, settles it, and
+/// goes on until the queue is empty. A lone settle costs one task hop.
+#[derive(Default)]
+pub(crate) struct Batcher {
+    queue: Mutex<Queued>,
+}
+
+#[derive(Default)]
+struct Queued {
+    items: Vec<(Lease, Op, Reply)>,
+    flushing: bool,
+}
+
+/// Settles one attempt (batched with others in flight).
+pub(crate) async fn settle(inner: &Arc<Inner>, lease: &Lease, s: Settlement) -> Result<(), Error> {
     let op = Op::of(s)?;
-    let done = settle_many(inner, vec![(lease.clone(), op)]).await?;
-    if done.first() == Some(&true) {
-        Ok(())
-    } else {
-        Err(lease_lost(lease))
+    let (tx, rx) = oneshot::channel();
+    let spawn = {
+        let mut q = inner
+            .batcher
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        q.items.push((lease.clone(), op, tx));
+        !std::mem::replace(&mut q.flushing, true)
+    };
+    if spawn {
+        tokio::spawn(flush(Arc::clone(inner)));
+    }
+    match rx.await {
+        Ok(Ok(true)) => Ok(()),
+        Ok(Ok(false)) => Err(lease_lost(lease)),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(Error::new(
+            ErrorKind::Transient,
+            "the settle was abandoned (the runtime is shutting down)",
+        )),
+    }
+}
+
+/// Settles queued settlements until none is left.
+async fn flush(inner: Arc<Inner>) {
+    loop {
+        let batch: Vec<(Lease, Op, Reply)> = {
+            let mut q = inner
+                .batcher
+                .queue
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if q.items.is_empty() {
+                q.flushing = false;
+                return;
+            }
+            let take = q.items.len().min(BATCH_MAX);
+            q.items.drain(..take).collect()
+        };
+        let (ops, replies): (Vec<(Lease, Op)>, Vec<Reply>) =
+            batch.into_iter().map(|(l, o, r)| ((l, o), r)).unzip();
+        match settle_many(&inner, ops).await {
+            Ok(done) => {
+                for (r, d) in replies
+                    .into_iter()
+                    .zip(done.into_iter().chain(std::iter::repeat(false)))
+                {
+                    let _ = r.send(Ok(d));
+                }
+            }
+            Err(e) => {
+                let (kind, text) = (e.kind(), e.chain_text());
+                for r in replies {
+                    let _ = r.send(Err(Error::new(kind, text.clone())));
+                }
+            }
+        }
     }
 }
 

@@ -16,6 +16,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use celeriac_core::Error;
@@ -35,7 +36,7 @@ const UNBLOCK_GRACE: Duration = Duration::from_secs(2);
 type Blocked = Pin<Box<dyn Future<Output = bool> + Send>>;
 
 /// Waits until one of `keys` is non-empty or `until` comes.
-pub(crate) async fn wait(inner: &Inner, keys: &[String], until: Instant) -> Result<(), Error> {
+pub(crate) async fn wait(inner: &Arc<Inner>, keys: &[String], until: Instant) -> Result<(), Error> {
     let now = Instant::now();
     if until <= now {
         return Ok(());
@@ -83,28 +84,33 @@ pub(crate) async fn wait(inner: &Inner, keys: &[String], until: Instant) -> Resu
         unblock(inner, blockers.iter().map(|b| b.id)).await;
         return Ok(());
     };
-    let others: Vec<usize> = (0..blockers.len()).filter(|i| *i != first).collect();
-    if !others.is_empty() {
-        unblock(inner, others.iter().map(|i| blockers[*i].id)).await;
-        let done = tokio::time::timeout(UNBLOCK_GRACE, join_all(rest.drain(..))).await;
-        match done {
-            Ok(results) => {
-                for (i, ok) in others.iter().zip(results) {
-                    healthy[*i] = ok;
+    // The fetch goes on at once; the other commands are unblocked and
+    // their connections pooled again in the background.
+    let inner = Arc::clone(inner);
+    tokio::spawn(async move {
+        let others: Vec<usize> = (0..blockers.len()).filter(|i| *i != first).collect();
+        if !others.is_empty() {
+            unblock(&inner, others.iter().map(|i| blockers[*i].id)).await;
+            let done = tokio::time::timeout(UNBLOCK_GRACE, join_all(rest.drain(..))).await;
+            match done {
+                Ok(results) => {
+                    for (i, ok) in others.iter().zip(results) {
+                        healthy[*i] = ok;
+                    }
                 }
-            }
-            Err(_) => {
-                for i in &others {
-                    healthy[*i] = false;
+                Err(_) => {
+                    for i in &others {
+                        healthy[*i] = false;
+                    }
                 }
             }
         }
-    }
-    for (b, ok) in blockers.into_iter().zip(healthy) {
-        if ok {
-            inner.conn.give_back(b);
+        for (b, ok) in blockers.into_iter().zip(healthy) {
+            if ok {
+                inner.conn.give_back(b);
+            }
         }
-    }
+    });
     Ok(())
 }
 

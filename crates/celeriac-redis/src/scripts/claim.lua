@@ -27,25 +27,10 @@ for _, q in ipairs(queues) do redis.call('DEL', wake_key(q)) end
 
 local t = now()
 local score = fmt(t + lease - VT)
-local out = {}
-local n = 0
 
-local function claimed(qi, tag, wrapped, payload)
-  local tok, _, dl = read_record(tag)
-  if tok and tok ~= '0' then redis.call('HDEL', K_TOKENS, tok) end
-  dl = (dl or 0) + 1
-  local token = redis.call('INCR', K_SEQ)
-  redis.call('ZADD', K_INDEX, score, tag)
-  write_record(tag, token, score, dl)
-  redis.call('HSET', K_TOKENS, token, tag)
-  out[#out + 1] = qi
-  out[#out + 1] = tag
-  out[#out + 1] = token
-  out[#out + 1] = dl
-  out[#out + 1] = wrapped
-  out[#out + 1] = payload
-  n = n + 1
-end
+-- What the claim collects, written at the end with one command per key.
+local taken = {}      -- {qi, tag, wrapped, payload, value (list entries only)}
+local n = 0
 
 -- An entry that is not a JSON object cannot go to unacked (a kombu sweep
 -- would choke on it): it becomes a dead letter at once.
@@ -85,14 +70,8 @@ local function take(qi, queue, env)
     local r = di.routing_key
     rk = cjson.encode((type(r) == 'string' and r ~= '') and r or queue)
   end
-  local value = '[' .. env .. ', ' .. ex .. ', ' .. rk .. ']'
-  -- A missing tag, or one already in unacked (a producer that reused a
-  -- tag), gets a generated one so no backup overwrites another.
-  if not tag or redis.call('HSETNX', K_UNACKED, tag, value) == 0 then
-    tag = 'celeriac-' .. redis.call('INCR', K_SEQ)
-    redis.call('HSET', K_UNACKED, tag, value)
-  end
-  claimed(qi, tag, 0, env)
+  n = n + 1
+  taken[n] = {qi, tag or false, 0, env, '[' .. env .. ', ' .. ex .. ', ' .. rk .. ']'}
 end
 
 -- Delayed messages whose eta has come, still held (a stale member, whose
@@ -107,7 +86,8 @@ for qi, q in ipairs(queues) do
     local s = redis.call('ZSCORE', K_INDEX, tag)
     local value = redis.call('HGET', K_UNACKED, tag)
     if tok == '0' and s and tonumber(s) == tonumber(sc) and value then
-      claimed(qi, tag, 1, value)
+      n = n + 1
+      taken[n] = {qi, tag, 1, value, false}
     end
   end
 end
@@ -135,6 +115,74 @@ for _, step in ipairs(STEPS) do
       active = still
     end
   end
+end
+
+local out = {}
+if n > 0 then
+  -- Tags: a missing one, or one already in unacked or earlier in this
+  -- batch (a producer that reused a tag), gets a generated one, so no
+  -- backup overwrites another.
+  local probe = {}
+  for i = 1, n do
+    local e = taken[i]
+    if e[3] == 0 and e[2] then probe[#probe + 1] = e[2] end
+  end
+  local held = {}
+  if #probe > 0 then
+    local found = redis.call('HMGET', K_UNACKED, unpack(probe))
+    for i = 1, #probe do
+      if found[i] then held[probe[i]] = true end
+    end
+  end
+  local first = redis.call('INCRBY', K_SEQ, n) - n
+  local unacked, index, records, tokens, stale = {}, {}, {}, {}, {}
+  for i = 1, n do
+    local e = taken[i]
+    local tag, wrapped = e[2], e[3]
+    if wrapped == 0 then
+      if not tag or held[tag] then
+        tag = 'celeriac-' .. redis.call('INCR', K_SEQ)
+      end
+      held[tag] = true
+      unacked[#unacked + 1] = tag
+      unacked[#unacked + 1] = e[5]
+    end
+    -- Only a message that was delivered before has a record (and then it
+    -- carries kombu's redelivered mark, or sat in the delayed set).
+    local dl = 0
+    if wrapped == 1 or string.find(e[4], '"redelivered"', 1, true) then
+      local tok, _, d = read_record(tag)
+      if tok and tok ~= '0' then stale[#stale + 1] = tok end
+      dl = d or 0
+    end
+    dl = dl + 1
+    local token = first + i
+    index[#index + 1] = score
+    index[#index + 1] = tag
+    records[#records + 1] = tag
+    records[#records + 1] = token .. ' ' .. score .. ' ' .. dl
+    tokens[#tokens + 1] = token
+    tokens[#tokens + 1] = tag
+    out[#out + 1] = e[1]
+    out[#out + 1] = tag
+    out[#out + 1] = token
+    out[#out + 1] = dl
+    out[#out + 1] = wrapped
+    out[#out + 1] = e[4]
+  end
+  local function each(cmd, key, args)
+    local i = 1
+    while i <= #args do
+      local j = math.min(i + 999, #args)
+      redis.call(cmd, key, unpack(args, i, j))
+      i = j + 1
+    end
+  end
+  each('HSET', K_UNACKED, unacked)
+  each('ZADD', K_INDEX, index)
+  each('HSET', K_ATTEMPTS, records)
+  each('HSET', K_TOKENS, tokens)
+  each('HDEL', K_TOKENS, stale)
 end
 
 local next_due = nil
