@@ -56,6 +56,12 @@ import tasks  # noqa: E402  (the fixture; after the path is set)
 
 app = tasks.app
 
+# Every AsyncResult stays referenced: Celery 5.4's `AsyncResult.__del__`
+# unsubscribes on the result connection, and when the garbage collector runs
+# it in the middle of another SUBSCRIBE on that connection the client
+# deadlocks (seen on 5.4.0 + redis-py 5.3).
+_keep = []
+
 
 def decode(v):
     """Turns the JSON form of a value into the Python value."""
@@ -125,10 +131,12 @@ def send(req):
         kwargs=decode(req.get("kwargs") or {}),
         **options
     )
+    _keep.append(r)
     return r
 
 
 def outcome(result, timeout):
+    _keep.append(result)
     try:
         value = result.get(timeout=timeout, propagate=True)
         return {"id": result.id, "state": result.state, "ok": True, "value": encode(value)}
@@ -155,6 +163,7 @@ def handle(req):
         return outcome(send(req), timeout)
     if op == "state":
         r = app.AsyncResult(req["id"])
+        _keep.append(r)
         return {"id": r.id, "state": r.state, "info": encode(r.info)}
     if op == "send_many":
         ids = []

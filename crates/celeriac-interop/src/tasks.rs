@@ -2,8 +2,6 @@
 //! names, same arguments, same results and the same Python exception types,
 //! so a Python client cannot tell which worker ran a task.
 
-use std::collections::HashMap;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use celeriac::core::args::RawArgs;
@@ -135,17 +133,10 @@ pub async fn track(
     Ok(n)
 }
 
-/// Returns a shared connection to `url`, opened on first use.
+/// Opens a connection to `url`. One per call: a cached connection would
+/// belong to the runtime that opened it, and tests run one runtime each.
 async fn connection(url: &str) -> Result<redis::aio::MultiplexedConnection, TaskError> {
-    type Pool = tokio::sync::Mutex<HashMap<String, redis::aio::MultiplexedConnection>>;
-    static POOL: OnceLock<Pool> = OnceLock::new();
-    let mut pool = POOL.get_or_init(Default::default).lock().await;
-    if let Some(c) = pool.get(url) {
-        return Ok(c.clone());
-    }
-    let c = redis::Client::open(url)?
+    Ok(redis::Client::open(url)?
         .get_multiplexed_async_connection()
-        .await?;
-    pool.insert(url.to_owned(), c.clone());
-    Ok(c)
+        .await?)
 }

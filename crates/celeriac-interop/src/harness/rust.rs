@@ -58,7 +58,10 @@ pub struct RustProcess {
 }
 
 impl RustProcess {
-    /// Starts a worker process on `url` consuming `queues`.
+    /// Starts a worker process on `url` consuming `queues`, with a 2 s
+    /// lease: celeriac restores a dead worker's message when its lease
+    /// ends (the `unacked_index` score is lease end − visibility timeout),
+    /// so the lease, not `visibility_timeout`, decides how fast that is.
     pub fn spawn(url: &str, queues: &[&str], concurrency: usize, log: &Path) -> RustProcess {
         let args = vec![
             "celery_worker".to_owned(),
@@ -69,6 +72,8 @@ impl RustProcess {
             queues.join(","),
             "-c".to_owned(),
             concurrency.to_string(),
+            "--lease".to_owned(),
+            "2".to_owned(),
             "--loglevel".to_owned(),
             "info".to_owned(),
         ];
