@@ -58,7 +58,7 @@ pub(crate) fn unix(t: DateTime<Utc>) -> f64 {
 /// Returns the unacked_index score that keeps a delayed message from any
 /// sweep until `grace` past its eta.
 pub(crate) fn held_score(eta: f64, vt: Duration) -> f64 {
-    eta + DELAY_GRACE.as_secs_f64() - vt.as_secs_f64()
+    (eta + DELAY_GRACE.as_secs_f64() - vt.as_secs_f64()).ceil()
 }
 
 /// Prepares one message for publish.lua (or as a retry in settle.lua).

@@ -26,7 +26,7 @@ for i = 7, #ARGV do queues[#queues + 1] = ARGV[i] end
 for _, q in ipairs(queues) do redis.call('DEL', wake_key(q)) end
 
 local t = now()
-local score = fmt(t + lease - VT)
+local score = fmt(math.ceil(t + lease - VT))
 
 -- What the claim collects, written at the end with one command per key.
 local taken = {}      -- {qi, tag, wrapped, payload, value (list entries only)}

@@ -16,7 +16,7 @@ for i = 6, #ARGV, 3 do
   if not tag then
     out[#out + 1] = 0
   else
-    local score = fmt(tonumber(eta) + grace - VT)
+    local score = fmt(math.ceil(tonumber(eta) + grace - VT))
     redis.call('HDEL', K_TOKENS, token)
     redis.call('ZADD', K_INDEX, score, tag)
     write_record(tag, '0', score, math.max(dl - 1, 0))

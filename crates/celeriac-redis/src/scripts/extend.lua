@@ -5,7 +5,7 @@
 -- Returns one integer per lease: 1 held, 2 held but revoked, 0 lost.
 
 local t = now()
-local score = fmt(t + tonumber(ARGV[5]) - VT)
+local score = fmt(math.ceil(t + tonumber(ARGV[5]) - VT))
 local any_revoked = redis.call('EXISTS', K_REVOKED) == 1
 local out = {}
 for i = 6, #ARGV, 2 do
