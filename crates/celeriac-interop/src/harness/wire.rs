@@ -307,7 +307,7 @@ fn parse_monitor_line(line: &str, db: u8) -> Option<MonitorCommand> {
         return None;
     }
     let mut args = Vec::new();
-    let bytes = line[close + 1..].as_bytes();
+    let bytes = &line.as_bytes()[close + 1..];
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] != b'"' {
