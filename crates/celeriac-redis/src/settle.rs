@@ -112,6 +112,8 @@ pub(crate) async fn settle(inner: &Arc<Inner>, lease: &Lease, s: Settlement) -> 
 /// Settles queued settlements until none is left.
 async fn flush(inner: Arc<Inner>) {
     loop {
+        // Let the settles of tasks finishing right now join this batch.
+        tokio::task::yield_now().await;
         let batch: Vec<(Lease, Op, Reply)> = {
             let mut q = inner
                 .batcher
