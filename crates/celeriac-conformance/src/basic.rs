@@ -87,7 +87,10 @@ pub async fn message_round_trips<F: Fixture>(f: &F) {
     m.headers.parent_id = Some(celeriac_core::TaskId::new());
     m.headers.group = Some("g-1".to_owned());
     m.headers.group_index = Some(2);
+    // Both reprs set, as Celery's producer always sends them: a wire
+    // backend may fill in a missing one for Python's logs.
     m.headers.argsrepr = Some("(3,)".to_owned());
+    m.headers.kwargsrepr = Some("{'unicode': 'żółw 🐢'}".to_owned());
     m.headers.origin = Some("gen1@conformance".to_owned());
     m.headers.expires = Some(in_future(Duration::from_secs(24 * 3600)));
     m.headers
