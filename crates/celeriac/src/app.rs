@@ -144,11 +144,14 @@ impl App {
             .into_iter()
             .map(|s| s.into_message(self))
             .collect::<Result<Vec<_>, _>>()?;
-        let ids: Vec<TaskId> = messages.iter().map(|m| m.id().clone()).collect();
+        let ids: Vec<(TaskId, bool)> = messages
+            .iter()
+            .map(|m| (m.id().clone(), m.headers.ignore_result))
+            .collect();
         self.publish(messages).await?;
         Ok(ids
             .into_iter()
-            .map(|id| AsyncResult::new(self.clone(), id))
+            .map(|(id, ignored)| AsyncResult::new(self.clone(), id).ignoring(ignored))
             .collect())
     }
 

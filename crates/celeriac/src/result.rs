@@ -47,6 +47,8 @@ pub enum GetError {
 pub struct AsyncResult<T> {
     app: App,
     id: TaskId,
+    /// The task was sent with `ignore_result`: nothing will be stored.
+    ignored: bool,
     _t: PhantomData<fn() -> T>,
 }
 
@@ -55,8 +57,16 @@ impl<T: DeserializeOwned> AsyncResult<T> {
         AsyncResult {
             app,
             id,
+            ignored: false,
             _t: PhantomData,
         }
+    }
+
+    /// Marks the handle of a task sent with `ignore_result`, whose `get`
+    /// then fails at once instead of waiting for a result that never comes.
+    pub(crate) fn ignoring(mut self, ignored: bool) -> Self {
+        self.ignored = ignored;
+        self
     }
 
     /// Returns the task id.
@@ -91,6 +101,9 @@ impl<T: DeserializeOwned> AsyncResult<T> {
     ///
     /// Cancel safe: it only reads.
     pub async fn get(&self, timeout: Duration) -> Result<T, GetError> {
+        if self.ignored {
+            return Err(GetError::NoResults);
+        }
         let backend = self.app.backend().ok_or(GetError::NoResults)?;
         let r = backend
             .wait(&self.id, timeout)

@@ -203,8 +203,9 @@ impl<T: Task> Signature<T> {
     pub async fn send(self, app: &App) -> Result<AsyncResult<T::Output>, Error> {
         let message = self.into_message(app)?;
         let id = message.id().clone();
+        let ignored = message.headers.ignore_result;
         app.publish(vec![message]).await?;
-        Ok(AsyncResult::new(app.clone(), id))
+        Ok(AsyncResult::new(app.clone(), id).ignoring(ignored))
     }
 }
 
@@ -262,7 +263,8 @@ impl<'a> SendTask<'a> {
         let app = self.app.clone();
         let message = self.into_message();
         let id = message.id().clone();
+        let ignored = message.headers.ignore_result;
         app.publish(vec![message]).await?;
-        Ok(AsyncResult::new(app, id))
+        Ok(AsyncResult::new(app, id).ignoring(ignored))
     }
 }

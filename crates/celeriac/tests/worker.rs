@@ -606,6 +606,10 @@ async fn ignore_result_stores_nothing(kind: &str) {
     })
     .await;
     assert_eq!(r.state().await.unwrap(), TaskState::Pending);
+    // Nothing will ever be stored, so `get` says so at once (a timeout
+    // of an hour would hang the test if it waited).
+    let quick = tokio::time::timeout(WAIT, r.get(Duration::from_secs(3600))).await;
+    assert!(matches!(quick, Ok(Err(GetError::NoResults))));
     w.stop_now();
     w.join().await.unwrap();
 }
