@@ -300,6 +300,26 @@ pub trait Broker: Send + Sync + 'static {
         by: Duration,
     ) -> impl Future<Output = Result<Vec<LeaseStatus>, Error>> + Send;
 
+    /// Ends many attempts, reporting each one's outcome in order, as
+    /// [`Broker::settle`] would.
+    ///
+    /// Each settlement stands alone: one refused (`LeaseLost`) or failed
+    /// does not undo the others. The default settles them one by one; a
+    /// broker that can end them together (one transaction, one round trip)
+    /// overrides it.
+    fn settle_many(
+        &self,
+        settles: &[(Lease, Settlement)],
+    ) -> impl Future<Output = Vec<Result<(), Error>>> + Send {
+        async move {
+            let mut out = Vec::with_capacity(settles.len());
+            for (lease, settlement) in settles {
+                out.push(self.settle(lease, settlement.clone()).await);
+            }
+            out
+        }
+    }
+
     /// Revokes a task: removes it if waiting, flags it if running.
     fn revoke(&self, id: &TaskId) -> impl Future<Output = Result<Revoked, Error>> + Send {
         let _ = id;
@@ -359,6 +379,10 @@ pub trait DynBroker: Send + Sync + 'static {
         leases: &'a [Lease],
         by: Duration,
     ) -> BoxFuture<'a, Result<Vec<LeaseStatus>, Error>>;
+    fn settle_many<'a>(
+        &'a self,
+        settles: &'a [(Lease, Settlement)],
+    ) -> BoxFuture<'a, Vec<Result<(), Error>>>;
     fn revoke<'a>(&'a self, id: &'a TaskId) -> BoxFuture<'a, Result<Revoked, Error>>;
     fn queue_stats(&self) -> BoxFuture<'_, Result<Vec<QueueStats>, Error>>;
     fn purge<'a>(&'a self, queue: &'a str) -> BoxFuture<'a, Result<u64, Error>>;
@@ -393,6 +417,12 @@ impl<B: Broker> DynBroker for B {
         by: Duration,
     ) -> BoxFuture<'a, Result<Vec<LeaseStatus>, Error>> {
         Box::pin(Broker::extend(self, leases, by))
+    }
+    fn settle_many<'a>(
+        &'a self,
+        settles: &'a [(Lease, Settlement)],
+    ) -> BoxFuture<'a, Vec<Result<(), Error>>> {
+        Box::pin(Broker::settle_many(self, settles))
     }
     fn revoke<'a>(&'a self, id: &'a TaskId) -> BoxFuture<'a, Result<Revoked, Error>> {
         Box::pin(Broker::revoke(self, id))
