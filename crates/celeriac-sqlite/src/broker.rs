@@ -96,25 +96,7 @@ impl Broker for SqliteBroker {
     }
 
     async fn settle(&self, lease: &Lease, settlement: Settlement) -> Result<(), Error> {
-        let op = match settlement {
-            Settlement::Ack { result } => {
-                SettleOp::Ack(result.as_ref().map(result_row).transpose()?)
-            }
-            Settlement::Retry { message, result } => SettleOp::Retry(
-                encode_row(&message)?,
-                result.as_ref().map(result_row).transpose()?,
-            ),
-            Settlement::Release => SettleOp::Release,
-            Settlement::DeadLetter { reason, result } => {
-                SettleOp::DeadLetter(reason, result.as_ref().map(result_row).transpose()?)
-            }
-            other => {
-                return Err(Error::new(
-                    ErrorKind::Unsupported,
-                    format!("unknown settlement {other:?}"),
-                ))
-            }
-        };
+        let op = settle_op(&settlement)?;
         let answer = self
             .call(Op::Settle {
                 seq: receipt(lease),
@@ -122,11 +104,45 @@ impl Broker for SqliteBroker {
                 op,
             })
             .await?;
-        match answer {
-            Answer::Done => Ok(()),
-            Answer::LeaseLost => Err(lease_lost(lease)),
-            other => Err(unexpected(other)),
+        settled(lease, answer)
+    }
+
+    /// Settles every attempt in one command to the writer, so they share a
+    /// transaction and a flush (and the caller one round trip).
+    async fn settle_many(&self, settles: &[(Lease, Settlement)]) -> Vec<Result<(), Error>> {
+        let mut out: Vec<Result<(), Error>> = Vec::with_capacity(settles.len());
+        let mut ops = Vec::with_capacity(settles.len());
+        for (lease, settlement) in settles {
+            match settle_op(settlement) {
+                Ok(op) => {
+                    ops.push((receipt(lease), token(lease), op));
+                    out.push(Ok(()));
+                }
+                Err(e) => out.push(Err(e)),
+            }
         }
+        if ops.is_empty() {
+            return out;
+        }
+        let answers = match self.call(Op::SettleMany(ops)).await {
+            Ok(Answer::Settled(answers)) => answers,
+            Ok(other) => {
+                let e = unexpected(other);
+                return fill(out, || Error::new(e.kind(), e.to_string()));
+            }
+            Err(e) => return fill(out, || Error::new(e.kind(), e.chain_text())),
+        };
+        // One answer per settlement that became an operation, in order.
+        let mut answers = answers.into_iter();
+        for ((lease, _), slot) in settles.iter().zip(out.iter_mut()) {
+            if slot.is_ok() {
+                *slot = match answers.next() {
+                    Some(answer) => settled(lease, answer),
+                    None => Err(unexpected(Answer::Done)),
+                };
+            }
+        }
+        out
     }
 
     async fn extend(&self, leases: &[Lease], by: Duration) -> Result<Vec<LeaseStatus>, Error> {
@@ -189,6 +205,41 @@ impl Broker for SqliteBroker {
     async fn purge_dead_letters(&self) -> Result<u64, Error> {
         count(self.call(Op::PurgeDeadLetters).await?)
     }
+}
+
+/// Returns the writer's form of a settlement, its message and result encoded.
+fn settle_op(settlement: &Settlement) -> Result<SettleOp, Error> {
+    let row = |r: &Option<TaskResult>| r.as_ref().map(result_row).transpose();
+    Ok(match settlement {
+        Settlement::Ack { result } => SettleOp::Ack(row(result)?),
+        Settlement::Retry { message, result } => {
+            SettleOp::Retry(encode_row(message)?, row(result)?)
+        }
+        Settlement::Release => SettleOp::Release,
+        Settlement::DeadLetter { reason, result } => {
+            SettleOp::DeadLetter(reason.clone(), row(result)?)
+        }
+        other => {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!("unknown settlement {other:?}"),
+            ))
+        }
+    })
+}
+
+/// Returns the outcome of one settlement from the writer's answer.
+fn settled(lease: &Lease, answer: Answer) -> Result<(), Error> {
+    match answer {
+        Answer::Done => Ok(()),
+        Answer::LeaseLost => Err(lease_lost(lease)),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Gives every settlement not already failed the error `e` made.
+fn fill(out: Vec<Result<(), Error>>, e: impl Fn() -> Error) -> Vec<Result<(), Error>> {
+    out.into_iter().map(|r| r.and_then(|()| Err(e()))).collect()
 }
 
 fn count(answer: Answer) -> Result<u64, Error> {

@@ -595,3 +595,44 @@ async fn handles_and_futures_are_send() {
     send(b.wait(&id, Duration::ZERO));
     send(SqliteBroker::open("unused.db"));
 }
+
+#[tokio::test]
+async fn settle_many_answers_each_settlement_alone() {
+    let (_dir, b) = fresh().await;
+    let messages: Vec<_> = (0..4).map(|i| msg("q", vec![json!(i)])).collect();
+    b.publish(messages).await.unwrap();
+    let got = b.fetch(&now("q", 10)).await.unwrap();
+    assert_eq!(got.len(), 4);
+    // The second attempt is already settled, so its lease is lost.
+    b.settle(&got[1].lease, Settlement::Ack { result: None })
+        .await
+        .unwrap();
+    let result = TaskResult::success(got[0].lease.id.clone(), json!("done"));
+    let settles = vec![
+        (
+            got[0].lease.clone(),
+            Settlement::Ack {
+                result: Some(result.clone()),
+            },
+        ),
+        (got[1].lease.clone(), Settlement::Ack { result: None }),
+        (got[2].lease.clone(), Settlement::Release),
+        (got[3].lease.clone(), Settlement::Ack { result: None }),
+    ];
+    let outcomes = b.settle_many(&settles).await;
+    assert_eq!(outcomes.len(), 4);
+    assert!(outcomes[0].is_ok());
+    assert_eq!(
+        outcomes[1].as_ref().unwrap_err().kind(),
+        ErrorKind::LeaseLost
+    );
+    assert!(outcomes[2].is_ok());
+    assert!(outcomes[3].is_ok());
+    // The refusal spoiled nothing: the result is stored, the released
+    // message comes back, the acknowledged ones do not.
+    assert_eq!(b.get(&got[0].lease.id).await.unwrap(), Some(result));
+    let again = b.fetch(&now("q", 10)).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].lease.id, got[2].lease.id);
+    assert!(b.settle_many(&[]).await.is_empty());
+}

@@ -96,6 +96,8 @@ pub(crate) enum Op {
         token: i64,
         op: SettleOp,
     },
+    /// Many settlements (row number, token, what), each answered alone.
+    SettleMany(Vec<(i64, i64, SettleOp)>),
     Extend {
         leases: Vec<(i64, i64)>,
         by_ms: i64,
@@ -121,6 +123,7 @@ impl Op {
             Op::Publish(_) => "cannot publish messages",
             Op::Fetch { .. } => "cannot lease messages",
             Op::Settle { .. } => "cannot settle a message",
+            Op::SettleMany(_) => "cannot settle messages",
             Op::Extend { .. } => "cannot extend leases",
             Op::Revoke { .. } => "cannot revoke a task",
             Op::Purge(_) => "cannot purge a queue",
@@ -159,6 +162,8 @@ pub(crate) enum Answer {
     Done,
     Fetched(Fetched),
     Statuses(Vec<LeaseStatus>),
+    /// One answer (`Done` or `LeaseLost`) per settlement of a `SettleMany`.
+    Settled(Vec<Answer>),
     Revoked(Revoked),
     Count(u64),
     /// A refusal made before writing anything (queue full).
@@ -395,6 +400,11 @@ fn apply(tx: &mut Tx<'_>, op: &Op) -> rusqlite::Result<Answer> {
             lease_ms,
         } => queue::fetch(tx, queues, *start, *max, *lease_ms),
         Op::Settle { seq, token, op } => settle::settle(tx, *seq, *token, op),
+        Op::SettleMany(settles) => settles
+            .iter()
+            .map(|(seq, token, op)| settle::settle(tx, *seq, *token, op))
+            .collect::<rusqlite::Result<Vec<Answer>>>()
+            .map(Answer::Settled),
         Op::Extend { leases, by_ms } => settle::extend(tx, leases, *by_ms),
         Op::Revoke {
             id,
