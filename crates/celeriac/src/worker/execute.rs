@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use celeriac_core::{
-    ErrorKind, ExceptionInfo, Lease, Message, Settlement, TaskErrorKind, TaskResult, TaskState,
+    ExceptionInfo, Lease, Message, Settlement, TaskErrorKind, TaskResult, TaskState,
 };
 use chrono::Utc;
 use futures::FutureExt;
@@ -47,9 +47,11 @@ enum Ending {
     Lost,
 }
 
-/// Runs one delivery to its settlement. Never panics, never returns an
-/// error: every problem ends in a settlement or a log line.
-pub(crate) async fn run(env: &Env, job: Job) {
+/// Runs one delivery up to its settlement, and returns that settlement
+/// for the [`Settler`](super::settler::Settler) to send, or `None` when
+/// there is nothing to settle. Never panics, never returns an error: every
+/// problem ends in a settlement or a log line.
+pub(crate) async fn run(env: &Env, job: Job) -> Option<(Lease, Settlement)> {
     // Everything is borrowed from the box: a delivery is some 800 bytes,
     // and moving it from step to step cost more than a no-op task itself.
     let (delivery, held) = &*job;
@@ -58,8 +60,7 @@ pub(crate) async fn run(env: &Env, job: Job) {
     if env.soft.is_cancelled() {
         // Stopping: not started, so hand it back untouched.
         env.leases.remove(lease.token);
-        settle(env, lease, None, Ending::Release, None).await;
-        return;
+        return settlement(env, lease, None, Ending::Release, None).await;
     }
     let message = match &delivery.message {
         Ok(m) => m,
@@ -74,13 +75,12 @@ pub(crate) async fn run(env: &Env, job: Job) {
                     None,
                 )
             });
-            settle(env, lease, None, Ending::DeadLetter(reason, None), result).await;
-            return;
+            return settlement(env, lease, None, Ending::DeadLetter(reason, None), result).await;
         }
     };
     let ending = attempt(env, lease, message, deliveries, held).await;
     env.leases.remove(lease.token);
-    settle(env, lease, Some(message), ending, None).await;
+    settlement(env, lease, Some(message), ending, None).await
 }
 
 async fn attempt(
@@ -278,22 +278,22 @@ fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
-/// Turns an ending into a settlement (storing the result with it, or
-/// before it when results live elsewhere) and settles.
-async fn settle(
+/// Turns an ending into a settlement, with its result (or storing the
+/// result first when results live elsewhere). `None`: nothing to settle.
+async fn settlement(
     env: &Env,
     lease: &Lease,
     message: Option<&Message>,
     ending: Ending,
     preset: Option<TaskResult>,
-) {
+) -> Option<(Lease, Settlement)> {
     let id = lease.id.clone();
     let ignore = message.is_some_and(|m| m.headers.ignore_result);
     let stats = &env.stats;
     let (settlement, result) = match ending {
         Ending::Lost => {
             stats.lease_lost.fetch_add(1, Ordering::Relaxed);
-            return;
+            return None;
         }
         Ending::Release => {
             stats.released.fetch_add(1, Ordering::Relaxed);
@@ -356,36 +356,12 @@ async fn settle(
             r.name = message.map(|m| m.headers.task.clone());
             r.retries = message.map(|m| m.headers.retries);
             r.worker = Some(env.worker.clone());
-            match attach(env, settlement, r).await {
-                Some(s) => s,
-                // The result could not be stored: not acknowledged, so the
-                // lease runs out and the task is delivered again.
-                None => return,
-            }
+            // The result could not be stored: not acknowledged, so the
+            // lease runs out and the task is delivered again.
+            attach(env, settlement, r).await?
         }
     };
-    let broker = env.app.broker();
-    let mut pause = Duration::from_millis(20);
-    for attempt in 0..5 {
-        match broker.settle(lease, settlement.clone()).await {
-            Ok(()) => return,
-            Err(e) if e.kind() == ErrorKind::LeaseLost => {
-                stats.lease_lost.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(task_id = %id, "settle refused: the lease was lost to another attempt");
-                return;
-            }
-            Err(e) if attempt < 4 && e.kind().is_transient() => {
-                tracing::warn!(task_id = %id, error = %e.chain_text(), "settle failed; trying again");
-                tokio::time::sleep(pause).await;
-                pause *= 2;
-            }
-            Err(e) => {
-                // The lease will run out and the message be delivered again.
-                tracing::error!(task_id = %id, error = %e.chain_text(), "settle failed; the task will be redelivered");
-                return;
-            }
-        }
-    }
+    Some((lease.clone(), settlement))
 }
 
 /// Puts the result into the settlement when the broker stores results,

@@ -8,23 +8,29 @@
 //! | `mod.rs` | [`WorkerBuilder`], [`WorkerHandle`] and the fetch loop |
 //! | `jobs.rs` | the hand-off of fetched deliveries to the runners |
 //! | `execute.rs` | one attempt: decode, route to the handler, time limits, panic capture, outcome, settle |
+//! | `settler.rs` | the batched hand-off of settlements to the broker |
 //! | `lease.rs` | the table of held leases and the heartbeat that extends them |
 //! | `shutdown.rs` | two-phase shutdown on SIGINT/SIGTERM |
 //!
-//! The worker holds at most `concurrency + prefetch` messages: it reserves
-//! slots before it fetches, and every message it holds has its lease
-//! renewed.
+//! The worker holds at most `concurrency + prefetch` messages running or
+//! waiting to run: it reserves slots before it fetches, and every message
+//! it holds has its lease renewed. A slot is given back when its attempt
+//! ends and its settlement is queued; queued settlements are bounded too
+//! (see `settler.rs`).
 
 mod execute;
 mod jobs;
 mod lease;
+mod settler;
 mod shutdown;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use celeriac_core::{Error, FetchRequest, Settlement};
+use celeriac_core::broker::DynBroker;
+use celeriac_core::{Delivery, Error, FetchRequest, Settlement};
+use futures::stream::{FuturesUnordered, StreamExt};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tokio_util::task::TaskTracker;
 
@@ -331,93 +337,134 @@ async fn run_worker(
     // never idles because of it; with no prefetch it fetches per slot.
     let refill = (cfg.prefetch / 2).clamp(1, MAX_FETCH.min(capacity));
     let jobs = Arc::new(jobs::Jobs::new(cfg.concurrency, capacity, refill));
+    let settler = Arc::new(settler::Settler::new(
+        broker.clone(),
+        stats.clone(),
+        capacity,
+    ));
     for me in 0..cfg.concurrency {
         let jobs = jobs.clone();
         let env = env.clone();
+        let settler = settler.clone();
         tracker.spawn(async move {
             while let Some(job) = jobs.next(me).await {
-                execute::run(&env, job).await;
+                let settlement = execute::run(&env, job).await;
+                // The attempt is over: its slot goes back before the
+                // settlement is sent, so the next fetch need not wait for it.
                 jobs.done();
+                if let Some((lease, settlement)) = settlement {
+                    settler.submit(lease, settlement).await;
+                }
             }
         });
     }
-    let mut backoff = Duration::from_millis(50);
-    'fetch: while !soft.is_cancelled() {
-        let slots = tokio::select! {
-            n = jobs.reserve(MAX_FETCH) => n,
-            () = soft.cancelled() => break,
-        };
-        let mut req = req.clone();
-        req.max = slots;
-        let fetch = broker.fetch(&req);
-        tokio::pin!(fetch);
-        // Biased to the stop: a fetch that completes as a stop arrives is
-        // handed back below rather than dispatched.
-        let deliveries = tokio::select! {
-            biased;
-            () = soft.cancelled() => {
-                // On a soft stop, let the fetch in flight finish (it waits
-                // at most `fetch_wait`): a broker may already have
-                // committed its leases, and handing them back now beats
-                // leaving them leased until they run out. A hard stop does
-                // not wait; those leases run out.
-                let late = tokio::select! {
-                    biased;
-                    r = &mut fetch => r.ok(),
-                    () = hard.cancelled() => None,
-                };
-                if let Some(late) = late {
-                    for d in late {
-                        if let Err(e) = broker.settle(&d.lease, Settlement::Release).await {
-                            tracing::warn!(error = %e.chain_text(), "release at shutdown failed; the lease will run out");
-                        }
-                    }
-                }
-                jobs.unreserve(slots);
-                break 'fetch;
-            }
-            r = &mut fetch => r,
-        };
-        let deliveries = match deliveries {
-            Ok(d) => {
-                backoff = Duration::from_millis(50);
-                d
-            }
-            Err(e) => {
-                jobs.unreserve(slots);
-                tracing::warn!(error = %e.chain_text(), retry_in = ?backoff, "fetch failed");
-                tokio::select! {
-                    () = tokio::time::sleep(backoff) => {},
-                    () = soft.cancelled() => break 'fetch,
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                continue;
-            }
-        };
-        let unused = slots.saturating_sub(deliveries.len());
-        let mut deliveries = deliveries;
-        let extra = if deliveries.len() > slots {
-            deliveries.split_off(slots)
-        } else {
-            Vec::new()
-        };
-        for delivery in extra {
-            // The broker returned more than asked; hand the rest back.
-            if let Err(e) = broker.settle(&delivery.lease, Settlement::Release).await {
-                tracing::warn!(error = %e, "release of an extra delivery failed");
-            }
-        }
-        // One lock of the lease table for the whole batch, not one each.
-        let held = leases.insert_many(deliveries.iter().map(|d| d.lease.clone()));
-        jobs.push(deliveries.into_iter().zip(held).map(Box::new));
-        jobs.unreserve(unused);
-    }
+    fetch_loop(&broker, &req, &jobs, &leases, &soft, &hard).await;
     jobs.close();
     tracker.close();
     tracker.wait().await;
     heartbeat.abort();
     tracing::info!(worker = %cfg.name, "worker stopped");
     Ok(())
+}
+
+/// The most fetches under way at once. A second fetch is sent while the
+/// first waits for its commit (and, on a durable broker, its disk flush),
+/// so that the runners are fed again before they run dry.
+const FETCHES: usize = 2;
+
+/// A fetch under way: the slots it reserved, and what it brings back.
+type Fetch = std::pin::Pin<
+    Box<dyn std::future::Future<Output = (usize, Result<Vec<Delivery>, Error>)> + Send>,
+>;
+
+/// Fetches while slots are free, up to [`FETCHES`] at once, and queues
+/// what comes back for the runners, until a soft stop. Fetches under way
+/// at a soft stop are awaited (unless a hard stop comes) and what they
+/// bring is handed back.
+async fn fetch_loop(
+    broker: &Arc<dyn DynBroker>,
+    req: &FetchRequest,
+    jobs: &jobs::Jobs,
+    leases: &lease::LeaseTable,
+    soft: &Stop,
+    hard: &CancellationToken,
+) {
+    let mut inflight: FuturesUnordered<Fetch> = FuturesUnordered::new();
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        tokio::select! {
+            // Biased to the stop: a fetch that completes as a stop arrives
+            // is handed back below rather than dispatched.
+            biased;
+            () = soft.cancelled() => break,
+            Some((slots, got)) = inflight.next(), if !inflight.is_empty() => match got {
+                Ok(deliveries) => {
+                    backoff = Duration::from_millis(50);
+                    dispatch(broker, jobs, leases, slots, deliveries).await;
+                }
+                Err(e) => {
+                    jobs.unreserve(slots);
+                    tracing::warn!(error = %e.chain_text(), retry_in = ?backoff, "fetch failed");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {},
+                        () = soft.cancelled() => break,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            },
+            slots = jobs.reserve(MAX_FETCH), if inflight.len() < FETCHES => {
+                let broker = broker.clone();
+                let mut req = req.clone();
+                req.max = slots;
+                inflight.push(Box::pin(async move { (slots, broker.fetch(&req).await) }));
+            }
+        }
+    }
+    // On a soft stop, let the fetches under way finish (each waits at most
+    // `fetch_wait`): a broker may already have committed their leases, and
+    // handing them back now beats leaving them leased until they run out.
+    // A hard stop does not wait; those leases run out.
+    loop {
+        let next = tokio::select! {
+            biased;
+            () = hard.cancelled() => break,
+            next = inflight.next() => next,
+        };
+        let Some((slots, got)) = next else { break };
+        for d in got.unwrap_or_default() {
+            if let Err(e) = broker.settle(&d.lease, Settlement::Release).await {
+                tracing::warn!(error = %e.chain_text(), "release at shutdown failed; the lease will run out");
+            }
+        }
+        jobs.unreserve(slots);
+    }
+}
+
+/// Queues fetched deliveries for the runners, handing back any beyond the
+/// `slots` reserved for them, and gives back the slots left unused.
+async fn dispatch(
+    broker: &Arc<dyn DynBroker>,
+    jobs: &jobs::Jobs,
+    leases: &lease::LeaseTable,
+    slots: usize,
+    mut deliveries: Vec<Delivery>,
+) {
+    let unused = slots.saturating_sub(deliveries.len());
+    let extra = if deliveries.len() > slots {
+        deliveries.split_off(slots)
+    } else {
+        Vec::new()
+    };
+    for delivery in extra {
+        // The broker returned more than asked; hand the rest back.
+        if let Err(e) = broker.settle(&delivery.lease, Settlement::Release).await {
+            tracing::warn!(error = %e, "release of an extra delivery failed");
+        }
+    }
+    // One lock of the lease table for the whole batch, not one each.
+    let held = leases.insert_many(deliveries.iter().map(|d| d.lease.clone()));
+    jobs.push(deliveries.into_iter().zip(held).map(Box::new));
+    jobs.unreserve(unused);
 }
 
 impl WorkerStats {
