@@ -14,6 +14,10 @@ Commands (each prints one JSON line on stdout):
         then FLUSHDB and re-takes it in one MULTI.
     celery_side.py lease flush TOKEN     FLUSHDB again, if the lease is ours.
     celery_side.py lease release TOKEN   Deletes the lease, if it is ours.
+    celery_side.py snapshot save|load FILE
+        Saves every key of the database but the lease (DUMP) to FILE, or
+        restores them (RESTORE), so several workers drain byte-identical
+        messages without sending them again.
     celery_side.py enqueue N --mode delay|producer
         Sends N `tasks.add(i, i)`: a loop of `add.delay(i, i)`, or of
         `add.apply_async((i, i), producer=p)` on one held producer.
@@ -30,6 +34,7 @@ Commands (each prints one JSON line on stdout):
 
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -75,7 +80,14 @@ def lease(action, token, wait):
     r = redis_client()
     if action == "acquire":
         deadline = time.monotonic() + wait
+        told = False
         while not r.set(LEASE_KEY, token, nx=True, ex=LEASE_TTL):
+            if not told:
+                sys.stderr.write(
+                    "celery_side.py: the database is leased (an interop test?); "
+                    "waiting up to %.0f s\n" % wait
+                )
+                told = True
             if time.monotonic() > deadline:
                 fail(
                     "database is leased by someone else (%s) for %.0f s; "
@@ -106,6 +118,29 @@ def flush(r, token):
         p.flushdb()
         p.set(LEASE_KEY, token, ex=LEASE_TTL)
         p.execute()
+
+
+def snapshot(action, path):
+    r = redis_client()
+    if action == "save":
+        keys = [k for k in r.scan_iter(count=1000) if k != LEASE_KEY.encode()]
+        with r.pipeline(transaction=False) as p:
+            for k in keys:
+                p.dump(k)
+            dumps = p.execute()
+        with open(path, "wb") as f:
+            pickle.dump(dict(zip(keys, dumps)), f)
+        out({"snapshot": "saved", "keys": len(keys)})
+    elif action == "load":
+        with open(path, "rb") as f:
+            dumps = pickle.load(f)
+        with r.pipeline(transaction=False) as p:
+            for k, v in dumps.items():
+                p.restore(k, 0, v, replace=True)
+            p.execute()
+        out({"snapshot": "loaded", "keys": len(dumps)})
+    else:
+        fail("unknown snapshot action %r" % action)
 
 
 # ---------------------------------------------------------------------------
@@ -182,7 +217,7 @@ def drain(n, timeout, log, cmd):
             if left == 0 and unacked == 0 and (not RESULTS or count_results(r) >= n):
                 ok = True
                 break
-            time.sleep(0.002)
+            time.sleep(0.005)
         done = time.perf_counter()
         cpu = tree_cpu_seconds(worker.pid) - (cpu0 or 0.0)
     finally:
@@ -269,6 +304,11 @@ def report(path):
             % (fmt_rate(b["per_s"]), b["load"])
         )
     print()
+    for label in workers:
+        if rows[label].get("summary"):
+            print("celeriac's own count (%s, messages from %s): `%s`"
+                  % (rows[label]["worker"], rows[label]["source"], rows[label]["summary"]))
+            print()
 
     def ratio(a, b):
         return "%.1f×" % (a / b) if a and b else "n/a"
@@ -300,6 +340,8 @@ def main(argv):
     if len(argv) >= 3 and argv[0] == "lease":
         wait = float(argv[argv.index("--wait") + 1]) if "--wait" in argv else 60.0
         lease(argv[1], argv[2], wait)
+    elif len(argv) == 3 and argv[0] == "snapshot":
+        snapshot(argv[1], argv[2])
     elif len(argv) >= 2 and argv[0] == "enqueue":
         mode = argv[argv.index("--mode") + 1] if "--mode" in argv else "delay"
         enqueue(int(argv[1]), mode)

@@ -7,19 +7,22 @@
 #                               [--rust-concurrency C] [--redis redis://HOST:PORT]
 #                               [--no-build] [--out FILE]
 #
-# It FLUSHES Redis database N (default 12; only 12 to 15 are accepted, so
-# databases 0-11 are never touched) several times. It takes that database
-# with the interop tests' lease (`celeriac-interop:lease`, the protocol of
-# crates/celeriac-interop/src/harness/db.rs), so it never flushes a database
-# an interop test is using, and the tests skip it while the bench holds it.
+# It FLUSHES Redis database N (default 15; only 12 to 15 are accepted, so
+# databases 0-11 are never touched) several times. Databases 10-15 belong to
+# the interop tests, so it takes that database with their lease
+# (`celeriac-interop:lease`, the protocol of
+# crates/celeriac-interop/src/harness/db.rs): it never flushes a database an
+# interop test is using, and the tests skip it while the bench holds it. They
+# lease the lowest free number first, which is why the default is 15.
 #
 # Phases, each on a freshly flushed database:
-#   1. Celery's producer sends N tasks (a loop of `add.delay`), then a real
-#      `celery worker` drains them (prefork, -c = cores, -O fair); the same
-#      with `-P threads` (the second fill uses apply_async on one producer);
-#   2. Celery's producer sends N tasks again, and celeriac's worker for the
-#      same fixture (crates/celeriac-interop/examples/celery_worker.rs,
-#      release build) drains those very messages: only the worker differs;
+#   1. Celery's producer sends N tasks: a loop of `add.delay`, kept as a
+#      snapshot (DUMP), then a loop of `apply_async` on one held producer;
+#   2. the snapshot is restored before each drain, so every worker drains
+#      byte-identical Python-sent messages: a real `celery worker` (prefork,
+#      then `-P threads`; -c = cores, -O fair), then celeriac's worker for
+#      the same fixture (crates/celeriac-interop/examples/celery_worker.rs,
+#      release build): only the worker differs;
 #   3. celeriac's producer (crates/celeriac-bench/examples/enqueue.rs) sends
 #      N tasks one by one, then with 64 concurrent loops, then in batches
 #      of 1 000; celeriac's worker drains the batch-sent ones;
@@ -32,7 +35,7 @@
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-db=12
+db=15
 tasks=20000
 results=0
 pools="prefork threads"
@@ -70,7 +73,7 @@ cat >&2 <<EOF
 ################################################################################
 #  WARNING: this benchmark runs FLUSHDB on Redis database $db at $redis_base
 #  (several times). Nothing else on that database survives. Databases 0-11
-#  are never touched. Choose another with --db 13..15.
+#  are never touched. Choose another with --db 12..15.
 ################################################################################
 EOF
 
@@ -119,10 +122,13 @@ record() {
 }
 # drain LABEL WORKER-DESCRIPTION SOURCE CMD...: drains the full queue with CMD.
 drain() {
-    local label="$1" worker="$2" source="$3" l json; shift 3
+    local label="$1" worker="$2" source="$3" l json summary; shift 3
     l="$(load)"
     json="$("$py" "$side" drain "$tasks" --timeout 150 --log "$work/$label.log" -- "$@")"
-    json="$(jq -c --arg w "$worker" --arg s "$source" '. + {worker: $w, source: $s}' <<<"$json")"
+    # celeriac's worker logs `worker summary ok=N failed=N ...` when it stops.
+    summary="$(sed 's/\x1b\[[0-9;]*m//g' "$work/$label.log" | grep -a -o 'worker summary.*' | tail -1 || true)"
+    json="$(jq -c --arg w "$worker" --arg s "$source" --arg sum "${summary#worker summary }" \
+        '. + {worker: $w, source: $s} + (if $sum == "" then {} else {summary: $sum} end)' <<<"$json")"
     row "$label" "$l" "$json"
     echo "  $label: $json" >&2
 }
@@ -133,35 +139,34 @@ t0=$SECONDS
 celery=("$venv/bin/celery" -A celery_side worker -Q celery -c "$concurrency" -O fair
         --loglevel WARNING --without-gossip --without-mingle --without-heartbeat)
 
-# 1. Celery producer, Celery workers.
-fill=(delay producer)
-i=0
-for pool in $pools; do
-    mode="${fill[$((i % 2))]}"; i=$((i + 1))
-    echo "Celery: enqueue ($mode), drain (-P $pool)" >&2
-    flush
-    record "py.$mode" "$py" "$side" enqueue "$tasks" --mode "$mode"
-    drain "drain.celery.$pool" "celery worker -P $pool -c $concurrency -O fair" \
-        "Celery \`add.$([[ $mode == delay ]] && echo 'delay' || echo 'apply_async')\`" \
-        "${celery[@]}" -P "$pool"
-done
-
-# 2. Celery producer, celeriac worker: the same messages, only the worker differs.
-echo "Celery enqueue, celeriac worker" >&2
+# 1. Celery's producer, two ways; the first fill is kept as a snapshot.
+echo "Celery enqueue" >&2
 flush
-record "py.delay.2" "$py" "$side" enqueue "$tasks" --mode delay
-drain "drain.celeriac.py" "celeriac celery_worker -c $rust_concurrency" "Celery \`add.delay\`" \
-    "$rel/examples/celery_worker" worker --broker "$url" -Q celery -c "$rust_concurrency" -l info
-summary="$(grep -a 'worker summary' "$work/drain.celeriac.py.log" | tail -1 || true)"
-[[ -n "$summary" ]] && echo "  celeriac worker: $summary" >&2
+record py.delay "$py" "$side" enqueue "$tasks" --mode delay
+"$py" "$side" snapshot save "$work/python-messages.pickle" >/dev/null
+flush
+record py.producer "$py" "$side" enqueue "$tasks" --mode producer
 
-# 3. celeriac producer; celeriac worker on the batch-sent messages.
+# 2. Celery's workers, then celeriac's, each on the same Python-sent messages.
+restore() { flush; "$py" "$side" snapshot load "$work/python-messages.pickle" >/dev/null; }
+for pool in $pools; do
+    echo "Celery worker -P $pool" >&2
+    restore
+    drain "drain.celery.$pool" "celery worker -P $pool -c $concurrency -O fair" \
+        "Celery \`add.delay\`" "${celery[@]}" -P "$pool"
+done
+echo "celeriac worker on the same messages" >&2
+restore
+drain drain.celeriac.py "celeriac celery_worker -c $rust_concurrency" "Celery \`add.delay\`" \
+    "$rel/examples/celery_worker" worker --broker "$url" -Q celery -c "$rust_concurrency" -l info
+
+# 3. celeriac's producer, three ways; celeriac's worker on the batch-sent messages.
 echo "celeriac enqueue" >&2
 for mode in sequential concurrent batch; do
     flush
     record "rs.$mode" "$rel/examples/enqueue" --broker "$url" --tasks "$tasks" --mode "$mode" "${rs_results[@]}"
 done
-drain "drain.celeriac.rs" "celeriac celery_worker -c $rust_concurrency" "celeriac \`App::publish\` batches" \
+drain drain.celeriac.rs "celeriac celery_worker -c $rust_concurrency" "celeriac \`App::publish\` batches" \
     "$rel/examples/celery_worker" worker --broker "$url" -Q celery -c "$rust_concurrency" -l info
 
 # 4. celeriac's own bench (no-op tasks, worker in the same process).
