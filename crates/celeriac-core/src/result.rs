@@ -56,8 +56,25 @@ impl TaskResult {
     }
 
     /// Returns a `FAILURE` result for an exception.
+    ///
+    /// Without a traceback of its own, the result gets a short one in
+    /// Python's shape, ending in `ExcType: message`, because Celery's
+    /// clients show `AsyncResult.traceback` and expect text there.
+    ///
+    /// ```
+    /// use celeriac_core::{ExceptionInfo, TaskId, TaskResult};
+    /// let exc = ExceptionInfo::new("ValueError", "builtins", "boom");
+    /// let r = TaskResult::failure(TaskId::from("t1"), &exc, None);
+    /// assert!(r.traceback.unwrap().ends_with("ValueError: boom\n"));
+    /// ```
     pub fn failure(task_id: TaskId, exc: &ExceptionInfo, traceback: Option<String>) -> Self {
-        Self::new(task_id, TaskState::Failure, exc.to_value(), traceback)
+        let traceback = traceback.unwrap_or_else(|| {
+            format!(
+                "Traceback (most recent call last):\n  (a celeriac task; no Python frames)\n{}: {}\n",
+                exc.exc_type, exc.exc_message
+            )
+        });
+        Self::new(task_id, TaskState::Failure, exc.to_value(), Some(traceback))
     }
 
     /// Returns a `REVOKED` result with a reason (`"revoked"`, `"expired"`).
