@@ -286,6 +286,40 @@ async fn python_envelopes_are_consumed() {
     assert!(fx.hget("unacked", "tag-py-1").await.is_none());
 }
 
+/// The claim finds the delivery tag, exchange and routing key of an
+/// envelope written with Python's `json.dumps` separators (`", "`, `": "`),
+/// past decoys: the same names as string values and as keys elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_spaced_envelopes_keep_their_tag_and_route() {
+    let Some(mut fx) = Fx::new("spaced").await else {
+        return;
+    };
+    let id = uuid::Uuid::new_v4().to_string();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(PY_BODY);
+    let env = format!(
+        r#"{{"body": "{b64}", "content-encoding": "utf-8", "content-type": "application/json", "headers": {{"lang": "py", "task": "tasks.add", "id": "{id}", "root_id": "{id}", "parent_id": null, "group": null, "argsrepr": "('properties', \"delivery_tag\": \"no\")", "kwargsrepr": "{{}}", "origin": "gen1@host", "stamps": {{"delivery_tag": "decoy", "exchange": "decoy"}}, "shadow": "properties"}}, "properties": {{"correlation_id": "{id}", "reply_to": "r", "delivery_mode": 2, "delivery_info": {{"exchange": "ex1", "routing_key": "rk1"}}, "priority": 0, "body_encoding": "base64", "delivery_tag": "tag-spaced-1"}}}}"#
+    );
+    serde_json::from_str::<Value>(&env).expect("the test envelope is JSON");
+    let _: () = fx.raw.lpush(fx.list(0), &env).await.unwrap();
+    let d = fx.fetch(1, Duration::from_secs(5)).await.remove(0);
+    assert_eq!(d.message.as_ref().expect("decodes").id().as_str(), id);
+    assert_eq!(d.deliveries, 1);
+    let value = fx
+        .hget("unacked", "tag-spaced-1")
+        .await
+        .expect("held by its tag");
+    let value: Value = serde_json::from_slice(&value).unwrap();
+    assert_eq!(
+        value,
+        json!([serde_json::from_str::<Value>(&env).unwrap(), "ex1", "rk1"])
+    );
+    fx.broker
+        .settle(&d.lease, Settlement::Ack { result: None })
+        .await
+        .unwrap();
+    assert!(fx.hget("unacked", "tag-spaced-1").await.is_none());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sweep_restores_an_old_entry_and_leaves_a_fresh_one() {
     let Some(mut fx) = Fx::new("sweep").await else {

@@ -39,20 +39,48 @@ local function dead(queue, env, reason)
   redis.call('RPUSH', K_DEAD, meta .. '\n' .. env)
 end
 
+local find, match, byte = string.find, string.match, string.byte
+
+-- Finds in s, between init and limit, the first key `"name"` that the
+-- anchored pattern `rest` matches right after; returns rest's captures.
+-- `needle` is `name"`: a plain search for it (memchr) is many times
+-- cheaper than an unanchored pattern, which runs the matcher at every
+-- byte of the envelope (its base64 body included); no substring is made.
+local function after_key(s, needle, rest, init, limit)
+  local p = find(s, needle, init, true)
+  while p and p <= limit do
+    if byte(s, p - 1) == 34 then
+      local a, b = match(s, rest, p + #needle)
+      if a then return a, b end
+    end
+    p = find(s, needle, p + 1, true)
+  end
+  return nil
+end
+
+-- Returns the first and last byte of the object held by the first key
+-- `needle` (as in after_key) between init and limit.
+local function object_at(s, needle, init, limit)
+  local a = after_key(s, needle, '^%s*:%s*(){', init, limit)
+  if not a then return nil end
+  local b = match(s, '^%b{}()', a)
+  if not b then return nil end
+  return a, b - 1
+end
+
 local function take(qi, queue, env)
   local tag, ex, rk
-  local props = string.match(env, '"properties"%s*:%s*(%b{})')
-  if props then
-    tag = string.match(props, '"delivery_tag"%s*:%s*"([^"\\]+)"')
-    local di = string.match(props, '"delivery_info"%s*:%s*(%b{})')
-    if di then
-      ex = string.match(di, '"exchange"%s*:%s*"([^"\\]*)"')
-      rk = string.match(di, '"routing_key"%s*:%s*"([^"\\]+)"')
+  local p, pe = object_at(env, 'properties"', 1, #env)
+  if p then
+    tag = after_key(env, 'delivery_tag"', '^%s*:%s*"([^"\\]+)"', p, pe)
+    local d, de = object_at(env, 'delivery_info"', p, pe)
+    if d then
+      -- Both kept with their quotes, as the unacked value holds them.
+      ex = after_key(env, 'exchange"', '^%s*:%s*("[^"\\]*")', d, de)
+      rk = after_key(env, 'routing_key"', '^%s*:%s*("[^"\\]+")', d, de)
     end
   end
-  if tag and ex and rk then
-    ex, rk = '"' .. ex .. '"', '"' .. rk .. '"'
-  else
+  if not (tag and ex and rk) then
     -- The fast path did not find everything: read the envelope properly.
     if not string.find(env, '^%s*{') then
       return dead(queue, env, 'the envelope is not a JSON object')
@@ -72,6 +100,17 @@ local function take(qi, queue, env)
   end
   n = n + 1
   taken[n] = {qi, tag or false, 0, env, '[' .. env .. ', ' .. ex .. ', ' .. rk .. ']'}
+end
+
+-- Whether an envelope carries kombu's redelivered mark (a plain search
+-- for the rare `vered"`, then a look at what precedes it).
+local function marked(env)
+  local p = find(env, 'vered"', 1, true)
+  while p do
+    if string.sub(env, p - 7, p - 1) == '"redeli' then return true end
+    p = find(env, 'vered"', p + 1, true)
+  end
+  return false
 end
 
 -- Delayed messages whose eta has come, still held (a stale member, whose
@@ -150,7 +189,7 @@ if n > 0 then
     -- Only a message that was delivered before has a record (and then it
     -- carries kombu's redelivered mark, or sat in the delayed set).
     local dl = 0
-    if wrapped == 1 or string.find(e[4], '"redelivered"', 1, true) then
+    if wrapped == 1 or marked(e[4]) then
       local tok, _, d = read_record(tag)
       if tok and tok ~= '0' then stale[#stale + 1] = tok end
       dl = d or 0
