@@ -45,6 +45,12 @@ impl Broker for RedisBroker {
         settle::settle(&self.inner, lease, settlement).await
     }
 
+    /// Settles the whole batch with one script call (per 512), each
+    /// settlement fenced by its own token as [`Broker::settle`] does.
+    async fn settle_many(&self, settles: &[(Lease, Settlement)]) -> Vec<Result<(), Error>> {
+        settle::settle_batch(&self.inner, settles).await
+    }
+
     async fn extend(&self, leases: &[Lease], by: Duration) -> Result<Vec<LeaseStatus>, Error> {
         settle::extend(&self.inner, leases, by).await
     }

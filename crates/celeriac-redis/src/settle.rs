@@ -109,6 +109,45 @@ pub(crate) async fn settle(inner: &Arc<Inner>, lease: &Lease, s: Settlement) -> 
     }
 }
 
+/// Settles a batch the caller gathered (the worker's settler): one script
+/// call per [`BATCH_MAX`] settlements, each outcome in order.
+pub(crate) async fn settle_batch(
+    inner: &Inner,
+    settles: &[(Lease, Settlement)],
+) -> Vec<Result<(), Error>> {
+    let mut out = Vec::with_capacity(settles.len());
+    for chunk in settles.chunks(BATCH_MAX) {
+        // Unknown settlements fail alone; the others go in one call.
+        let mut ops = Vec::with_capacity(chunk.len());
+        let mut slots = Vec::with_capacity(chunk.len());
+        for (lease, s) in chunk {
+            match Op::of(s.clone()) {
+                Ok(op) => {
+                    slots.push(Ok(ops.len()));
+                    ops.push((lease.clone(), op));
+                }
+                Err(e) => slots.push(Err(e)),
+            }
+        }
+        let done = if ops.is_empty() {
+            Ok(Vec::new())
+        } else {
+            settle_many(inner, ops).await
+        };
+        for ((lease, _), slot) in chunk.iter().zip(slots) {
+            out.push(match (slot, &done) {
+                (Err(e), _) => Err(e),
+                (Ok(i), Ok(held)) => match held.get(i) {
+                    Some(true) => Ok(()),
+                    _ => Err(lease_lost(lease)),
+                },
+                (Ok(_), Err(e)) => Err(Error::new(e.kind(), e.chain_text())),
+            });
+        }
+    }
+    out
+}
+
 /// Settles queued settlements until none is left.
 async fn flush(inner: Arc<Inner>) {
     loop {

@@ -320,6 +320,62 @@ async fn python_spaced_envelopes_keep_their_tag_and_route() {
     assert!(fx.hget("unacked", "tag-spaced-1").await.is_none());
 }
 
+/// `settle_many` settles a batch in one call, each settlement fenced on
+/// its own: a lease already settled and a repeated lease are refused, the
+/// others are settled, with their results stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settle_many_fences_each_settlement() {
+    let Some(mut fx) = Fx::new("settle-many").await else {
+        return;
+    };
+    let ms: Vec<Message> = (0..3).map(|i| fx.message(i)).collect();
+    fx.broker.publish(ms).await.unwrap();
+    let got = fx.fetch(3, Duration::from_secs(5)).await;
+    assert_eq!(got.len(), 3);
+    fx.broker
+        .settle(&got[0].lease, Settlement::Ack { result: None })
+        .await
+        .unwrap();
+    let id2 = got[2].lease.id.clone();
+    let ack = |result| Settlement::Ack { result };
+    let batch = vec![
+        (got[0].lease.clone(), ack(None)),
+        (got[1].lease.clone(), ack(None)),
+        (
+            got[2].lease.clone(),
+            ack(Some(TaskResult::success(id2.clone(), json!(5)))),
+        ),
+        (got[1].lease.clone(), ack(None)),
+    ];
+    let out = fx.broker.settle_many(&batch).await;
+    let kinds: Vec<Option<ErrorKind>> = out
+        .iter()
+        .map(|r| r.as_ref().err().map(|e| e.kind()))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            Some(ErrorKind::LeaseLost),
+            None,
+            None,
+            Some(ErrorKind::LeaseLost)
+        ]
+    );
+    let stored = fx
+        .broker
+        .get(&id2)
+        .await
+        .unwrap()
+        .expect("the result is stored");
+    assert_eq!(stored.result, json!(5));
+    let left: usize = fx.raw.hlen(fx.key("unacked")).await.unwrap();
+    assert_eq!(left, 0);
+    let tokens: usize = fx.raw.hlen(fx.key("celeriac.tokens")).await.unwrap();
+    assert_eq!(tokens, 0);
+    let attempts: usize = fx.raw.hlen(fx.key("celeriac.attempts")).await.unwrap();
+    assert_eq!(attempts, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sweep_restores_an_old_entry_and_leaves_a_fresh_one() {
     let Some(mut fx) = Fx::new("sweep").await else {
