@@ -274,6 +274,27 @@ pub trait Broker: Send + Sync + 'static {
     /// All or none: on error nothing was published.
     fn publish(&self, messages: Vec<Message>) -> impl Future<Output = Result<(), Error>> + Send;
 
+    /// Publishes messages as [`Broker::publish`] does, after checking that
+    /// each one's stored form ([`codec::encode`](crate::codec::encode)) is
+    /// at most `max_bytes` long; over it, nothing is published and the
+    /// error is [`check_payload`]'s.
+    ///
+    /// The default measures each message, then publishes. A broker that
+    /// encodes messages anyway overrides it to measure what it encoded,
+    /// so each message is encoded once.
+    fn publish_checked(
+        &self,
+        messages: Vec<Message>,
+        max_bytes: usize,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        async move {
+            for m in &messages {
+                check_payload(m, crate::codec::encoded_len(m)?, max_bytes)?;
+            }
+            self.publish(messages).await
+        }
+    }
+
     /// Leases up to `req.max` ready messages, waiting up to `req.wait` for
     /// the first one.
     ///
@@ -362,12 +383,42 @@ pub trait Broker: Send + Sync + 'static {
     }
 }
 
+/// Checks the encoded size `len` of `message` against `limit`, giving an
+/// [`ErrorKind::PayloadTooLarge`](crate::ErrorKind::PayloadTooLarge) error
+/// that names the task.
+///
+/// ```
+/// use celeriac_core::{broker::check_payload, ErrorKind, Message};
+/// let m = Message::new("tasks.big", vec![], Default::default());
+/// assert!(check_payload(&m, 10, 10).is_ok());
+/// let e = check_payload(&m, 11, 10).unwrap_err();
+/// assert_eq!(e.kind(), ErrorKind::PayloadTooLarge);
+/// assert!(e.to_string().contains("tasks.big"));
+/// ```
+pub fn check_payload(message: &Message, len: usize, limit: usize) -> Result<(), Error> {
+    crate::codec::check_size(len, limit).map_err(|e| {
+        Error::new(
+            e.kind(),
+            format!(
+                "task `{}` ({}) refused: {e}",
+                message.headers.task,
+                message.id()
+            ),
+        )
+    })
+}
+
 /// The object-safe twin of [`Broker`], for choosing a broker at run time
 /// (by URL). Every `Broker` is a `DynBroker`.
 #[allow(missing_docs)]
 pub trait DynBroker: Send + Sync + 'static {
     fn capabilities(&self) -> Capabilities;
     fn publish(&self, messages: Vec<Message>) -> BoxFuture<'_, Result<(), Error>>;
+    fn publish_checked(
+        &self,
+        messages: Vec<Message>,
+        max_bytes: usize,
+    ) -> BoxFuture<'_, Result<(), Error>>;
     fn fetch<'a>(&'a self, req: &'a FetchRequest) -> BoxFuture<'a, Result<Vec<Delivery>, Error>>;
     fn settle<'a>(
         &'a self,
@@ -400,6 +451,13 @@ impl<B: Broker> DynBroker for B {
     }
     fn publish(&self, messages: Vec<Message>) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(Broker::publish(self, messages))
+    }
+    fn publish_checked(
+        &self,
+        messages: Vec<Message>,
+        max_bytes: usize,
+    ) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(Broker::publish_checked(self, messages, max_bytes))
     }
     fn fetch<'a>(&'a self, req: &'a FetchRequest) -> BoxFuture<'a, Result<Vec<Delivery>, Error>> {
         Box::pin(Broker::fetch(self, req))
