@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use celeriac_core::backend::DynResultBackend;
 use celeriac_core::broker::DynBroker;
-use celeriac_core::{codec, Error, ErrorKind, Message, Revoked, TaskId, TaskResult};
+use celeriac_core::{Error, ErrorKind, Message, Revoked, TaskId, TaskResult};
 use celeriac_memory::MemoryBroker;
 
 use crate::registry::Registry;
@@ -155,25 +155,19 @@ impl App {
             .collect())
     }
 
-    /// Publishes built messages, checking the payload limit and applying
-    /// the queue-full policy.
+    /// Publishes built messages, checking the payload limit (the broker
+    /// measures each message as it encodes it, once) and applying the
+    /// queue-full policy.
     pub async fn publish(&self, messages: Vec<Message>) -> Result<(), Error> {
-        for m in &messages {
-            let size = codec::encoded_len(m)?;
-            codec::check_size(size, self.inner.max_payload).map_err(|e| {
-                Error::new(
-                    e.kind(),
-                    format!("task `{}` ({}) refused: {e}", m.headers.task, m.id()),
-                )
-            })?;
-        }
+        let broker = &self.inner.broker;
+        let limit = self.inner.max_payload;
         match self.inner.when_full {
-            WhenFull::Fail => self.inner.broker.publish(messages).await,
-            WhenFull::Wait(limit) => {
-                let deadline = tokio::time::Instant::now() + limit;
+            WhenFull::Fail => broker.publish_checked(messages, limit).await,
+            WhenFull::Wait(limit_wait) => {
+                let deadline = tokio::time::Instant::now() + limit_wait;
                 let mut pause = Duration::from_millis(5);
                 loop {
-                    match self.inner.broker.publish(messages.clone()).await {
+                    match broker.publish_checked(messages.clone(), limit).await {
                         Err(e)
                             if e.kind() == ErrorKind::QueueFull
                                 && tokio::time::Instant::now() + pause < deadline =>
