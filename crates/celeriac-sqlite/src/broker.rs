@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use celeriac_core::broker::check_payload;
 use celeriac_core::{
     codec, Broker, Capabilities, DeadLetter, Delivery, Error, ErrorKind, FetchRequest, Lease,
     LeaseStatus, Message, QueueStats, Revoked, Settlement, TaskId, TaskResult,
@@ -33,15 +34,21 @@ impl Broker for SqliteBroker {
     }
 
     async fn publish(&self, messages: Vec<Message>) -> Result<(), Error> {
+        self.publish_checked(messages, usize::MAX).await
+    }
+
+    /// Publishes, checking the size of each message as it is encoded: each
+    /// message is encoded once.
+    async fn publish_checked(&self, messages: Vec<Message>, max_bytes: usize) -> Result<(), Error> {
         if messages.is_empty() {
             return Ok(());
         }
         let rows = if messages.len() > INLINE_CODEC_LIMIT {
-            tokio::task::spawn_blocking(move || encode_rows(&messages))
+            tokio::task::spawn_blocking(move || encode_rows(&messages, max_bytes))
                 .await
                 .map_err(|e| Error::with_source(ErrorKind::Other, "encoding failed", e))??
         } else {
-            encode_rows(&messages)?
+            encode_rows(&messages, max_bytes)?
         };
         expect_done(self.call(Op::Publish(rows)).await?)
     }
@@ -280,8 +287,17 @@ fn encode_row(message: &Message) -> Result<NewRow, Error> {
     })
 }
 
-fn encode_rows(messages: &[Message]) -> Result<Vec<NewRow>, Error> {
-    messages.iter().map(encode_row).collect()
+/// Encodes messages for the writer, refusing the batch if one of them is
+/// over `max_bytes`.
+fn encode_rows(messages: &[Message], max_bytes: usize) -> Result<Vec<NewRow>, Error> {
+    messages
+        .iter()
+        .map(|m| {
+            let row = encode_row(m)?;
+            check_payload(m, row.payload.len(), max_bytes)?;
+            Ok(row)
+        })
+        .collect()
 }
 
 /// Returns a result as the writer stores it.

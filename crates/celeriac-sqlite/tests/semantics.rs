@@ -636,3 +636,26 @@ async fn settle_many_answers_each_settlement_alone() {
     assert_eq!(again[0].lease.id, got[2].lease.id);
     assert!(b.settle_many(&[]).await.is_empty());
 }
+
+#[tokio::test]
+async fn publish_checked_refuses_a_batch_with_one_message_over_the_limit() {
+    let (_dir, b) = fresh().await;
+    let small = msg("q", vec![json!(1)]);
+    let limit = codec::encode(&small).unwrap().len() + 10;
+    let big = msg("q", vec![json!("x".repeat(100))]);
+    let big_id = big.id().clone();
+    let err = b
+        .publish_checked(vec![small.clone(), big], limit)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PayloadTooLarge);
+    assert!(err.to_string().contains(big_id.as_str()), "{err}");
+    assert!(
+        b.fetch(&now("q", 10)).await.unwrap().is_empty(),
+        "nothing was published"
+    );
+    // At the limit exactly is fine.
+    let exact = codec::encode(&small).unwrap().len();
+    b.publish_checked(vec![small], exact).await.unwrap();
+    assert_eq!(b.fetch(&now("q", 10)).await.unwrap().len(), 1);
+}

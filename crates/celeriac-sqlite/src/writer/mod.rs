@@ -400,11 +400,7 @@ fn apply(tx: &mut Tx<'_>, op: &Op) -> rusqlite::Result<Answer> {
             lease_ms,
         } => queue::fetch(tx, queues, *start, *max, *lease_ms),
         Op::Settle { seq, token, op } => settle::settle(tx, *seq, *token, op),
-        Op::SettleMany(settles) => settles
-            .iter()
-            .map(|(seq, token, op)| settle::settle(tx, *seq, *token, op))
-            .collect::<rusqlite::Result<Vec<Answer>>>()
-            .map(Answer::Settled),
+        Op::SettleMany(settles) => settle::settle_many(tx, settles),
         Op::Extend { leases, by_ms } => settle::extend(tx, leases, *by_ms),
         Op::Revoke {
             id,

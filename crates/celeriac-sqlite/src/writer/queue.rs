@@ -10,26 +10,35 @@ use crate::util::now_ms;
 
 /// Inserts one new row, ready now or delayed until its eta.
 pub(super) fn insert(tx: &mut Tx<'_>, row: &NewRow, now: i64) -> rusqlite::Result<()> {
+    let seq = tx.seqs(1)?;
+    insert_at(&mut tx.conn.prepare_cached(INSERT)?, seq, row, now)
+}
+
+const INSERT: &str =
+    "INSERT INTO tasks (seq, id, task, queue, priority, state, not_before, payload)
+                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+
+/// Inserts one new row with row number `seq` with the prepared [`INSERT`].
+fn insert_at(
+    st: &mut rusqlite::CachedStatement<'_>,
+    seq: i64,
+    row: &NewRow,
+    now: i64,
+) -> rusqlite::Result<()> {
     let (state, not_before) = match row.eta_ms {
         Some(eta) if eta > now => (DELAYED, eta),
         _ => (READY, now),
     };
-    let seq = tx.seqs(1)?;
-    tx.conn
-        .prepare_cached(
-            "INSERT INTO tasks (seq, id, task, queue, priority, state, not_before, payload)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )?
-        .execute(rusqlite::params![
-            seq,
-            row.id,
-            row.task,
-            row.queue,
-            row.priority,
-            state,
-            not_before,
-            row.payload
-        ])?;
+    st.execute(rusqlite::params![
+        seq,
+        row.id,
+        row.task,
+        row.queue,
+        row.priority,
+        state,
+        not_before,
+        row.payload
+    ])?;
     Ok(())
 }
 
@@ -61,12 +70,18 @@ pub(super) fn publish(tx: &mut Tx<'_>, rows: &[NewRow]) -> rusqlite::Result<Answ
         .conn
         .prepare_cached("SELECT EXISTS (SELECT 1 FROM revocations)")?
         .query_row([], |r| r.get(0))?;
-    for row in rows {
+    // Row numbers for the whole batch at once (a revoked one leaves a gap).
+    let first = tx.seqs(rows.len() as i64)?;
+    // Prepared once for the batch: looking a statement up in the cache
+    // hashes its text, which cost as much as binding the row.
+    let conn = tx.conn;
+    let mut st = conn.prepare_cached(INSERT)?;
+    for (seq, row) in (first..).zip(rows) {
         if any_revocations && is_revoked(tx, &row.id)? {
             admin::store_revoked(tx, &row.id)?;
             continue;
         }
-        insert(tx, row, now)?;
+        insert_at(&mut st, seq, row, now)?;
     }
     tx.ready_changed = true;
     Ok(Answer::Done)

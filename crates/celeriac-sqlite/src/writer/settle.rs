@@ -93,6 +93,29 @@ pub(super) fn settle(
     Ok(Answer::Done)
 }
 
+/// Ends many attempts, each answered alone (`Done` or `LeaseLost`).
+pub(super) fn settle_many(
+    tx: &mut Tx<'_>,
+    settles: &[(i64, i64, SettleOp)],
+) -> rusqlite::Result<Answer> {
+    // Plain acks, the bulk of a busy worker's settlements, share one
+    // prepared statement: a cache lookup hashes the statement's text.
+    let conn = tx.conn;
+    let mut ack = conn.prepare_cached("DELETE FROM tasks WHERE seq = ?1 AND token = ?2")?;
+    let mut answers = Vec::with_capacity(settles.len());
+    for (seq, token, op) in settles {
+        let answer = match op {
+            SettleOp::Ack(None) => match ack.execute([seq, token])? {
+                0 => Answer::LeaseLost,
+                _ => Answer::Done,
+            },
+            op => settle(tx, *seq, *token, op)?,
+        };
+        answers.push(answer);
+    }
+    Ok(Answer::Settled(answers))
+}
+
 fn delete(tx: &Tx<'_>, seq: i64) -> rusqlite::Result<()> {
     tx.conn
         .prepare_cached("DELETE FROM tasks WHERE seq = ?1")?
