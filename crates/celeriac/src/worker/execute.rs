@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::jobs::Job;
 use super::lease::{Held, LeaseTable};
+use super::settler::Settle;
 use super::WorkerStats;
 use crate::app::App;
 use crate::registry::CallError;
@@ -51,7 +52,7 @@ enum Ending {
 /// for the [`Settler`](super::settler::Settler) to send, or `None` when
 /// there is nothing to settle. Never panics, never returns an error: every
 /// problem ends in a settlement or a log line.
-pub(crate) async fn run(env: &Env, job: Job) -> Option<(Lease, Settlement)> {
+pub(crate) async fn run(env: &Env, job: Job) -> Option<Settle> {
     // Everything is borrowed from the box: a delivery is some 800 bytes,
     // and moving it from step to step cost more than a no-op task itself.
     let (delivery, held) = &*job;
@@ -286,7 +287,7 @@ async fn settlement(
     message: Option<&Message>,
     ending: Ending,
     preset: Option<TaskResult>,
-) -> Option<(Lease, Settlement)> {
+) -> Option<Settle> {
     let id = lease.id.clone();
     let ignore = message.is_some_and(|m| m.headers.ignore_result);
     let stats = &env.stats;
@@ -361,7 +362,7 @@ async fn settlement(
             attach(env, settlement, r).await?
         }
     };
-    Some((lease.clone(), settlement))
+    Some(Box::new((lease.clone(), settlement)))
 }
 
 /// Puts the result into the settlement when the broker stores results,

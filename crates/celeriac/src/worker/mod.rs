@@ -352,8 +352,8 @@ async fn run_worker(
                 // The attempt is over: its slot goes back before the
                 // settlement is sent, so the next fetch need not wait for it.
                 jobs.done();
-                if let Some((lease, settlement)) = settlement {
-                    settler.submit(lease, settlement).await;
+                if let Some(settlement) = settlement {
+                    settler.submit(settlement).await;
                 }
             }
         });

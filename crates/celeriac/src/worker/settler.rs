@@ -16,6 +16,12 @@
 //! of letting settlements pile up.
 //!
 //! A worker that stops waits for its runners, and so for every flush.
+//!
+//! Settlements travel boxed (a settlement with its result is a few hundred
+//! bytes, and moving it from future to future cost more than a no-op task),
+//! and a batch of one is settled with
+//! [`Broker::settle`](celeriac_core::Broker::settle), without building a
+//! batch.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,6 +32,9 @@ use celeriac_core::{Error, ErrorKind, Lease, Settlement};
 use tokio::sync::Notify;
 
 use super::WorkerStats;
+
+/// One settlement on its way: the lease and how the attempt ended.
+pub(crate) type Settle = Box<(Lease, Settlement)>;
 
 /// How many batches may be on their way to the broker at once: one being
 /// written while the one before it is flushed to disk.
@@ -43,7 +52,7 @@ pub(crate) struct Settler {
 }
 
 struct State {
-    queue: Vec<(Lease, Settlement)>,
+    queue: Vec<Settle>,
     flushing: usize,
 }
 
@@ -75,8 +84,8 @@ impl Settler {
 
     /// Queues a settlement. Returns once it is queued, or, when this
     /// runner becomes a flusher, once the queue is empty.
-    pub(crate) async fn submit(&self, lease: Lease, settlement: Settlement) {
-        let mut item = Some((lease, settlement));
+    pub(crate) async fn submit(&self, settle: Settle) {
+        let mut item = Some(settle);
         let batch = loop {
             let room = self.room.notified();
             tokio::pin!(room);
@@ -97,7 +106,7 @@ impl Settler {
             }
             room.await;
         };
-        if !batch.is_empty() {
+        if batch.len() > 1 {
             self.room.notify_waiters();
         }
         self.flush(batch).await;
@@ -105,10 +114,17 @@ impl Settler {
 
     /// Settles `batch`, then whatever was queued meanwhile, until the
     /// queue is empty.
-    async fn flush(&self, mut batch: Vec<(Lease, Settlement)>) {
+    async fn flush(&self, mut batch: Vec<Settle>) {
         loop {
-            self.settle(&batch).await;
-            batch.clear();
+            if batch.len() == 1 {
+                if let Some(own) = batch.pop() {
+                    let (lease, settlement) = *own;
+                    self.settle_one(&lease, settlement).await;
+                }
+            } else {
+                let settles: Vec<(Lease, Settlement)> = batch.drain(..).map(|b| *b).collect();
+                self.settle(&settles).await;
+            }
             {
                 let mut s = self.lock();
                 if s.queue.is_empty() {
@@ -134,6 +150,19 @@ impl Settler {
                     self.failed(lease, &e);
                 }
             }
+        }
+    }
+
+    /// Settles one attempt, trying again if it fails for a passing reason.
+    async fn settle_one(&self, lease: &Lease, settlement: Settlement) {
+        // Cloned only while it may be needed again: a plain ack is cheap.
+        match self.broker.settle(lease, settlement.clone()).await {
+            Ok(()) => {}
+            Err(e) if e.kind().is_transient() => {
+                tracing::warn!(task_id = %lease.id, error = %e.chain_text(), "settle failed; trying again");
+                self.settle_again(lease, &settlement).await;
+            }
+            Err(e) => self.failed(lease, &e),
         }
     }
 
@@ -194,6 +223,7 @@ mod tests {
             Ok(Vec::new())
         }
         async fn settle(&self, lease: &Lease, _: Settlement) -> Result<(), Error> {
+            self.gate.acquire().await.unwrap().forget();
             self.batches.lock().unwrap().push(vec![lease.token]);
             Ok(())
         }
@@ -229,7 +259,7 @@ mod tests {
             let settler = settler.clone();
             tokio::spawn(async move {
                 settler
-                    .submit(lease(token), Settlement::Ack { result: None })
+                    .submit(Box::new((lease(token), Settlement::Ack { result: None })))
                     .await;
             })
         };
