@@ -125,6 +125,11 @@ impl Keys {
         format!("{}_kombu.binding.{exchange}", self.prefix)
     }
 
+    /// Returns kombu's permanent binding table of an exchange.
+    pub fn binding_permanent(&self, exchange: &str) -> String {
+        format!("{}_kombu.binding_permanent.{exchange}", self.prefix)
+    }
+
     /// Returns the pattern matching every binding table (for `SCAN`).
     pub fn binding_pattern(&self) -> String {
         format!("{}_kombu.binding.*", glob_escape(&self.prefix))
