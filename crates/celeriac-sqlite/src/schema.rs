@@ -28,6 +28,14 @@
 //! the (few) leased rows; revoking a waiting task scans the table on a read
 //! connection instead (see `Broker::revoke`), which is rare.
 //!
+//! Results are stored in the order they are written (`seq`, SQLite's own
+//! row number) with a unique index on the task id, rather than keyed by
+//! the id itself: task ids are random, and a table keyed by them puts each
+//! result, a few hundred bytes, on a random page, where a busy worker's
+//! results now fill pages one after the other and only the small index
+//! entries land at random. (Layout version 1 keyed the table by id; opening
+//! such a file moves its results over.)
+//!
 //! Row numbers (`seq`) come from the `next_seq` counter rather than from
 //! SQLite's rowid allocation, so they only ever grow: fetch order is publish
 //! order, and a revocation can tell which rows appeared after its scan.
@@ -39,7 +47,7 @@ use crate::config::Config;
 use crate::util::db_error;
 
 /// The layout version stored in `PRAGMA user_version`.
-pub(crate) const SCHEMA_VERSION: i64 = 1;
+pub(crate) const SCHEMA_VERSION: i64 = 2;
 
 /// `tasks.state` of a row that may be fetched now.
 pub(crate) const READY: i64 = 0;
@@ -77,10 +85,12 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 );
 CREATE INDEX IF NOT EXISTS dead_letters_id ON dead_letters (id);
 CREATE TABLE IF NOT EXISTS results (
-    id          TEXT    PRIMARY KEY,
+    seq         INTEGER PRIMARY KEY,
+    id          TEXT    NOT NULL,
     json        TEXT    NOT NULL,
     expires_at  INTEGER NOT NULL
-) WITHOUT ROWID;
+);
+CREATE UNIQUE INDEX IF NOT EXISTS results_id ON results (id);
 CREATE INDEX IF NOT EXISTS results_expiry ON results (expires_at);
 CREATE TABLE IF NOT EXISTS revocations (
     id  TEXT    PRIMARY KEY,
@@ -92,6 +102,20 @@ CREATE TABLE IF NOT EXISTS meta (
 ) WITHOUT ROWID;
 INSERT OR IGNORE INTO meta (name, value) VALUES
     ('next_seq', 1), ('next_token', 1), ('ready_version', 0), ('result_version', 0);
+";
+
+/// Layout 1 to 2, before the tables are created: the results table keyed
+/// by id is renamed (its expiry index dropped, as the new table's takes the
+/// name).
+const RESULTS_V1_ASIDE: &str = "
+DROP INDEX IF EXISTS results_expiry;
+ALTER TABLE results RENAME TO results_v1;
+";
+
+/// Layout 1 to 2, after: the results are copied into the new table.
+const RESULTS_V1_BACK: &str = "
+INSERT INTO results (id, json, expires_at) SELECT id, json, expires_at FROM results_v1;
+DROP TABLE results_v1;
 ";
 
 /// Opens a connection with the shared settings: WAL, the configured
@@ -155,8 +179,16 @@ pub(crate) fn migrate(conn: &Connection) -> Result<(), Error> {
                 ),
             ));
         }
+        if version == 1 {
+            conn.execute_batch(RESULTS_V1_ASIDE)
+                .map_err(|e| db_error("cannot move the results of layout 1 aside", e))?;
+        }
         conn.execute_batch(DDL)
             .map_err(|e| db_error("cannot create the tables", e))?;
+        if version == 1 {
+            conn.execute_batch(RESULTS_V1_BACK)
+                .map_err(|e| db_error("cannot copy the results of layout 1", e))?;
+        }
         if version < SCHEMA_VERSION {
             conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
                 .map_err(|e| db_error("cannot write the schema version", e))?;

@@ -659,3 +659,44 @@ async fn publish_checked_refuses_a_batch_with_one_message_over_the_limit() {
     b.publish_checked(vec![small], exact).await.unwrap();
     assert_eq!(b.fetch(&now("q", 10)).await.unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn results_of_a_layout_1_file_are_kept_when_it_is_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    let old = TaskResult::success(TaskId::from("old-task"), json!("kept"));
+    {
+        // The results table as layout 1 made it: keyed by the task id.
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             CREATE TABLE results (
+                 id TEXT PRIMARY KEY, json TEXT NOT NULL, expires_at INTEGER NOT NULL
+             ) WITHOUT ROWID;
+             CREATE INDEX results_expiry ON results (expires_at);
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO results (id, json, expires_at) VALUES (?1, ?2, ?3)",
+            rusqlite::params!["old-task", serde_json::to_string(&old).unwrap(), i64::MAX],
+        )
+        .unwrap();
+    }
+    let b = SqliteBroker::open(&path).await.unwrap();
+    assert_eq!(b.get(&old.task_id).await.unwrap(), Some(old.clone()));
+    // Stores, replaces and forgets work on the new layout.
+    let id = TaskId::from("new-task");
+    b.store(TaskResult::success(id.clone(), json!(1)))
+        .await
+        .unwrap();
+    let newer = TaskResult::success(id.clone(), json!(2));
+    b.store(newer.clone()).await.unwrap();
+    assert_eq!(b.get(&id).await.unwrap(), Some(newer));
+    b.forget(&old.task_id).await.unwrap();
+    assert_eq!(b.get(&old.task_id).await.unwrap(), None);
+    drop(b);
+    // A second opening finds the layout current and changes nothing.
+    let b = SqliteBroker::open(&path).await.unwrap();
+    assert!(b.get(&id).await.unwrap().is_some());
+}
