@@ -84,7 +84,11 @@ fi
 py="$venv/bin/python"
 side="$root/bench/celery_side.py"
 
+# What the celeriac binaries were built from, for the report.
 if (( build )); then
+    built_from="commit $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?')"
+    [[ -n "$(git -C "$root" status --porcelain --untracked-files=no 2>/dev/null)" ]] \
+        && built_from+=" plus uncommitted changes in the working tree"
     echo "building the celeriac binaries (release)..." >&2
     (cd "$root" && cargo build --release --quiet -p celeriac-cli --bin celeriac)
     (cd "$root" && cargo build --release --quiet -p celeriac-interop --example celery_worker)
@@ -94,6 +98,7 @@ rel="${CARGO_TARGET_DIR:-$root/target}/release"
 for bin in "$rel/celeriac" "$rel/examples/celery_worker" "$rel/examples/enqueue"; do
     [[ -x "$bin" ]] || die "missing $bin (run without --no-build)"
 done
+(( build )) || built_from="binaries not rebuilt (--no-build; celery_worker built $(date -u -r "$rel/examples/celery_worker" '+%Y-%m-%d %H:%M UTC'))"
 
 export CELERY_BROKER_URL="$url"
 export CELERY_RESULT_BACKEND="$url"
@@ -187,7 +192,7 @@ cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
 versions="$("$py" -c 'import sys, celery, kombu, redis; print("Python %d.%d.%d, Celery %s, kombu %s, redis-py %s" % (sys.version_info[:3] + (celery.__version__, kombu.__version__, redis.__version__)))')"
 redis_version="$(redis-cli -u "$url" info server 2>/dev/null | tr -d '\r' | sed -n 's/^redis_version://p')"
 {
-    echo "Run $started_at, commit $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?'),"
+    echo "Run $started_at; celeriac from $built_from;"
     echo "$tasks tasks, results $([[ $results == 1 ]] && echo on || echo 'off (every message ignore_result)'),"
     echo "Redis ${redis_version:-?} at $redis_base db $db; $versions; took $((SECONDS - t0)) s."
     echo "Machine: $(nproc) CPUs ($cpu), load average $load_before before, $(cut -d' ' -f1-3 /proc/loadavg) after."
