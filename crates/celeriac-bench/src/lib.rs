@@ -22,6 +22,10 @@
 //! clippy --all-targets` checks them. Sample sizes and measurement times are
 //! kept small so the whole suite fits in a few minutes on a 2-core machine.
 //!
+//! The crate's `enqueue` example is celeriac's producer in
+//! `bench/celery_vs_celeriac.sh`, the side-by-side with Python Celery on one
+//! Redis; BENCHMARKS.md records the figures of both.
+//!
 //! # Fixtures
 //!
 //! [`add_message`] and [`batch`] build the messages the benches use, and
