@@ -8,14 +8,20 @@
 //! | `unacked` | hash | delivery tag → `[envelope, exchange, routing_key]` |
 //! | `unacked_index` | zset | delivery tag → lease end − visibility timeout |
 //! | `unacked_mutex` | string | kombu's restore lock |
-//! | `celeriac.attempts` | hash | delivery tag → `"<token> <score> <deliveries>"`: the attempt that holds it |
-//! | `celeriac.tokens` | hash | token → delivery tag |
+//! | `celeriac.attempts` | hash | delivery tag → `"<token> <score> <deliveries>"`: the attempt that holds it; plus the field `celeriac.encoding` (see below) |
+//! | `celeriac.tokens` | hash | token → delivery tag; plus the field `celeriac.encoding` |
 //! | `celeriac.token` | string | the fencing-token counter |
 //! | `celeriac.delayed.<queue>` | zset | delivery tag → eta (unix seconds) of held delayed messages |
 //! | `celeriac.wake.<queue>` | list | a signal to waiting fetches: a delayed message was published |
 //! | `celeriac.dead` | list | dead letters, oldest first |
 //! | `celeriac.revoked` | zset | task id → when the revocation is forgotten |
 //! | `celeriac.queues` | set | queue names published or consumed through celeriac |
+//!
+//! The claim keeps a field `celeriac.encoding` in `celeriac.attempts` and
+//! `celeriac.tokens` whose value is longer than Redis'
+//! `hash-max-listpack-value`, so both stay hashtables: as listpacks (up to
+//! 128 fields) each field access scans the whole hash. In
+//! `celeriac.attempts` it reads as a record that holds nothing.
 
 use crate::config::Config;
 

@@ -370,10 +370,18 @@ async fn settle_many_fences_each_settlement() {
     assert_eq!(stored.result, json!(5));
     let left: usize = fx.raw.hlen(fx.key("unacked")).await.unwrap();
     assert_eq!(left, 0);
-    let tokens: usize = fx.raw.hlen(fx.key("celeriac.tokens")).await.unwrap();
-    assert_eq!(tokens, 0);
-    let attempts: usize = fx.raw.hlen(fx.key("celeriac.attempts")).await.unwrap();
-    assert_eq!(attempts, 0);
+    // Only the claim's encoding field is left in celeriac's hashes.
+    for key in ["celeriac.tokens", "celeriac.attempts"] {
+        let fields: Vec<String> = fx.raw.hkeys(fx.key(key)).await.unwrap();
+        assert_eq!(fields, vec!["celeriac.encoding".to_owned()], "{key}");
+        let encoding: String = redis::cmd("OBJECT")
+            .arg("ENCODING")
+            .arg(fx.key(key))
+            .query_async(&mut fx.raw)
+            .await
+            .unwrap();
+        assert_eq!(encoding, "hashtable", "{key}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -217,6 +217,16 @@ if n > 0 then
       i = j + 1
     end
   end
+  -- A field whose value is longer than Redis' hash-max-listpack-value
+  -- (64 by default) keeps celeriac's two hashes hashtables for good:
+  -- as listpacks (up to 128 fields, about the attempts in flight) every
+  -- HGET, HSET and HDEL scans the whole hash. It reads as a record that
+  -- holds nothing, and is no token.
+  local big = '0 0 0 celeriac: a value longer than hash-max-listpack-value keeps this hash a hashtable'
+  records[#records + 1] = 'celeriac.encoding'
+  records[#records + 1] = big
+  tokens[#tokens + 1] = 'celeriac.encoding'
+  tokens[#tokens + 1] = big
   each('HSET', K_UNACKED, unacked)
   each('ZADD', K_INDEX, index)
   each('HSET', K_ATTEMPTS, records)
