@@ -265,7 +265,16 @@ async fn p07_retry_on_the_wire() {
             );
         }
         case.wire.wait_unacked_empty(WAIT).await;
-        let seen = envelopes_of(&monitor, &id);
+        // MONITOR streams behind the server: wait until it has shown both
+        // retries rather than reading whatever it has printed so far.
+        let seen = wait_for("both retries on the MONITOR stream", WAIT, || async {
+            let seen = envelopes_of(&monitor, &id);
+            [1, 2]
+                .iter()
+                .all(|n| seen.iter().any(|(_, e)| e["headers"]["retries"] == *n))
+                .then_some(seen)
+        })
+        .await;
         let original = seen
             .iter()
             .find(|(c, e)| c == "LPUSH" && e["headers"]["retries"] == 0)
