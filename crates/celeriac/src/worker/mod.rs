@@ -41,6 +41,10 @@ pub use shutdown::shutdown_signal;
 /// The most messages asked for in one fetch.
 const MAX_FETCH: usize = 512;
 
+/// How many messages a worker holds per task it can run, unless a prefetch
+/// is set: Celery's default `worker_prefetch_multiplier`.
+const PREFETCH_MULTIPLIER: usize = 4;
+
 /// Counts of what a worker did, readable while it runs.
 #[derive(Debug, Default)]
 pub struct WorkerStats {
@@ -110,7 +114,8 @@ pub struct WorkerBuilder {
     pub(crate) name: String,
     pub(crate) queues: Vec<String>,
     pub(crate) concurrency: usize,
-    pub(crate) prefetch: usize,
+    /// `None`: [`PREFETCH_MULTIPLIER`] - 1 times the concurrency.
+    pub(crate) prefetch: Option<usize>,
     pub(crate) lease: Duration,
     pub(crate) grace: Duration,
     pub(crate) fetch_wait: Duration,
@@ -128,7 +133,7 @@ impl WorkerBuilder {
             name: format!("celeriac@{host}"),
             queues: vec![celeriac_core::DEFAULT_QUEUE.to_owned()],
             concurrency: 64,
-            prefetch: 64,
+            prefetch: None,
             lease: Duration::from_secs(30),
             grace: Duration::from_secs(30),
             fetch_wait: Duration::from_secs(1),
@@ -143,12 +148,25 @@ impl WorkerBuilder {
     }
 
     /// Sets how many messages the worker may hold beyond those running
-    /// (default 64; 0 holds none). Held messages keep their leases renewed
-    /// and are handed back at shutdown. A larger prefetch means fewer,
-    /// larger fetches; a smaller one spreads work more evenly over workers.
+    /// (0 holds none). Held messages keep their leases renewed and are
+    /// handed back at shutdown. A larger prefetch means fewer, larger
+    /// fetches; a smaller one spreads work more evenly over workers.
+    ///
+    /// The default is three times the concurrency, so that the worker holds
+    /// up to four messages per task it can run, as Celery's default
+    /// `worker_prefetch_multiplier` of 4 does. A durable broker answers a
+    /// fetch only after a disk flush, and the messages held are what keeps
+    /// the runners busy meanwhile. For long tasks spread over several
+    /// workers, a small prefetch (or 0) is fairer.
     pub fn prefetch(mut self, n: usize) -> Self {
-        self.prefetch = n;
+        self.prefetch = Some(n);
         self
+    }
+
+    /// Returns the prefetch in effect.
+    fn prefetch_or_default(&self) -> usize {
+        self.prefetch
+            .unwrap_or_else(|| self.concurrency.saturating_mul(PREFETCH_MULTIPLIER - 1))
     }
 
     /// Sets the queues to consume, fairly (default `celery`).
@@ -305,7 +323,8 @@ async fn run_worker(
 ) -> Result<(), Error> {
     let app = cfg.app.clone();
     let broker = app.broker().clone();
-    let capacity = cfg.concurrency + cfg.prefetch;
+    let prefetch = cfg.prefetch_or_default();
+    let capacity = cfg.concurrency.saturating_add(prefetch);
     let tracker = TaskTracker::new();
     let leases = lease::LeaseTable::new();
     let heartbeat = tokio::spawn(lease::heartbeat(broker.clone(), leases.clone(), cfg.lease));
@@ -335,7 +354,7 @@ async fn run_worker(
     // lock) rather than waking for each finished task and fetching one
     // message at a time. Below that mark it fetches at once, so a runner
     // never idles because of it; with no prefetch it fetches per slot.
-    let refill = (cfg.prefetch / 2).clamp(1, MAX_FETCH.min(capacity));
+    let refill = (prefetch / 2).clamp(1, MAX_FETCH.min(capacity));
     let jobs = Arc::new(jobs::Jobs::new(cfg.concurrency, capacity, refill));
     let settler = Arc::new(settler::Settler::new(
         broker.clone(),
@@ -479,5 +498,22 @@ impl WorkerStats {
             self.released.load(Ordering::Relaxed),
             self.lease_lost.load(Ordering::Relaxed),
         ]
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use crate::App;
+
+    #[tokio::test]
+    async fn prefetch_defaults_to_three_times_the_concurrency_unless_set() {
+        let app = App::builder().broker("memory://").build().await.unwrap();
+        let w = app.worker().concurrency(10);
+        assert_eq!(w.prefetch_or_default(), 30);
+        assert_eq!(w.clone().prefetch(0).prefetch_or_default(), 0);
+        // Set before the concurrency, it still holds.
+        let w = app.worker().prefetch(5).concurrency(100);
+        assert_eq!(w.prefetch_or_default(), 5);
     }
 }
