@@ -213,6 +213,10 @@ pub(super) fn fetch(
 /// Rows usually come in runs of consecutive row numbers (one queue, FIFO),
 /// and a run is leased by one statement: every row between its ends is one
 /// of the chosen, since row numbers are unique.
+///
+/// `OR FAIL` spares SQLite a statement journal (a copy of every page the
+/// statement changes, kept to undo it alone): nothing here can fail half
+/// way but SQLite itself, and then the whole group is rolled back anyway.
 fn lease(tx: &mut Tx<'_>, rows: &mut [LeasedRow], deadline: i64) -> rusqlite::Result<()> {
     let mut order: Vec<usize> = (0..rows.len()).collect();
     order.sort_unstable_by_key(|&i| rows[i].seq);
@@ -227,7 +231,7 @@ fn lease(tx: &mut Tx<'_>, rows: &mut [LeasedRow], deadline: i64) -> rusqlite::Re
         let last = first + len as i64 - 1;
         tx.conn
             .prepare_cached(
-                "UPDATE tasks SET state = ?3, not_before = ?4, token = ?5 + (seq - ?1),
+                "UPDATE OR FAIL tasks SET state = ?3, not_before = ?4, token = ?5 + (seq - ?1),
                         deliveries = deliveries + 1
                  WHERE seq BETWEEN ?1 AND ?2",
             )?
