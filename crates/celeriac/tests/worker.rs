@@ -150,6 +150,46 @@ impl Task for Blocking {
     }
 }
 
+/// Acknowledged before it runs (`acks_late = false`); runs until cancelled.
+struct EarlyAck;
+impl Task for EarlyAck {
+    const NAME: &'static str = "t.early_ack";
+    type Args = (String,);
+    type Output = ();
+    fn options() -> TaskOptions {
+        TaskOptions::new(Self::NAME).acks_late(false)
+    }
+    async fn run(ctx: TaskContext, (key,): (String,)) -> Result<(), TaskError> {
+        bump(&key);
+        ctx.cancelled().await;
+        Ok(())
+    }
+}
+
+/// Acknowledged early, and fails until it has retried `n` times.
+struct EarlyFlaky;
+impl Task for EarlyFlaky {
+    const NAME: &'static str = "t.early_flaky";
+    type Args = (String, u32);
+    type Output = u32;
+    fn options() -> TaskOptions {
+        TaskOptions::new(Self::NAME)
+            .acks_late(false)
+            .max_retries(3)
+            .retry_policy(RetryPolicy::exponential(
+                Duration::from_millis(10),
+                Duration::from_millis(50),
+            ))
+    }
+    async fn run(ctx: TaskContext, (key, n): (String, u32)) -> Result<u32, TaskError> {
+        bump(&key);
+        if ctx.retries() < n {
+            return Err(TaskError::fail("not yet"));
+        }
+        Ok(ctx.retries())
+    }
+}
+
 async fn app_on(url: &str) -> App {
     App::builder()
         .broker(url)
@@ -161,6 +201,8 @@ async fn app_on(url: &str) -> App {
         .task(Stubborn)
         .task(Panics)
         .task(Blocking)
+        .task(EarlyAck)
+        .task(EarlyFlaky)
         .build()
         .await
         .unwrap()
@@ -234,6 +276,8 @@ on_every_backend!(
     ignore_result_stores_nothing,
     kwargs_and_positional_args_mix,
     track_started_stores_started_with_pid_and_worker,
+    early_ack_removes_the_message_before_the_task_runs,
+    early_ack_retries_by_sending_a_new_message,
 );
 
 async fn success_stores_the_value(kind: &str) {
@@ -370,6 +414,44 @@ async fn track_started_stores_started_with_pid_and_worker(kind: &str) {
     assert_eq!(r.state().await.unwrap(), TaskState::Started);
     assert!(r.revoke().await.is_ok());
     w.stop_now();
+    w.join().await.unwrap();
+}
+
+async fn early_ack_removes_the_message_before_the_task_runs(kind: &str) {
+    let e = env(kind).await;
+    let key = format!("early-{kind}-{}", celeriac::TaskId::new());
+    let w = e.app.worker().lease(Duration::from_millis(300)).spawn();
+    let r = EarlyAck::s((key.clone(),)).send(&e.app).await.unwrap();
+    wait_until(|| count(&key) == 1).await;
+    // Running, and already gone from the broker: neither ready nor leased.
+    wait_until_async(|| async {
+        e.app
+            .broker()
+            .queue_stats()
+            .await
+            .unwrap()
+            .iter()
+            .all(|s| s.ready + s.leased + s.delayed == 0)
+    })
+    .await;
+    // A hard stop drops it and, unlike a late-acknowledged task, it is not
+    // handed back: nothing is left to run again, and no result is stored.
+    w.stop_now();
+    w.join().await.unwrap();
+    let stats = e.app.broker().queue_stats().await.unwrap();
+    assert!(stats.iter().all(|s| s.ready + s.leased + s.delayed == 0));
+    assert_eq!(r.state().await.unwrap(), TaskState::Pending);
+    assert_eq!(count(&key), 1);
+}
+
+async fn early_ack_retries_by_sending_a_new_message(kind: &str) {
+    let e = env(kind).await;
+    let key = format!("early-flaky-{kind}-{}", celeriac::TaskId::new());
+    let w = e.app.worker().spawn();
+    let r = EarlyFlaky::s((key.clone(), 2)).send(&e.app).await.unwrap();
+    assert_eq!(r.get(WAIT).await.unwrap(), 2);
+    assert_eq!(count(&key), 3);
+    w.stop();
     w.join().await.unwrap();
 }
 

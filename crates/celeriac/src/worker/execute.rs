@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use celeriac_core::{
-    ExceptionInfo, Lease, Message, Settlement, TaskErrorKind, TaskResult, TaskState,
+    ErrorKind, ExceptionInfo, Lease, Message, Settlement, TaskErrorKind, TaskResult, TaskState,
 };
 use chrono::Utc;
 use futures::FutureExt;
@@ -79,9 +79,113 @@ pub(crate) async fn run(env: &Env, job: Job) -> Option<Settle> {
             return settlement(env, lease, None, Ending::DeadLetter(reason, None), result).await;
         }
     };
+    // `acks_late = false`: acknowledged before it runs, as Celery's early
+    // ack. A crash while it runs then loses it; that is what was asked.
+    let early = env
+        .app
+        .registry()
+        .options(&message.headers.task)
+        .is_some_and(|o| !o.acks_late);
+    if early {
+        match env
+            .app
+            .broker()
+            .settle(lease, Settlement::Ack { result: None })
+            .await
+        {
+            Ok(()) => {
+                // The message is gone: nothing to renew from here on.
+                env.leases.remove(lease.token);
+            }
+            Err(e) if e.kind() == ErrorKind::LeaseLost => {
+                env.leases.remove(lease.token);
+                env.stats.lease_lost.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(task_id = %lease.id, error = %e.chain_text(), "early acknowledgement failed; acknowledging after the run");
+                let ending = attempt(env, lease, message, deliveries, held).await;
+                env.leases.remove(lease.token);
+                return settlement(env, lease, Some(message), ending, None).await;
+            }
+        }
+        let ending = attempt(env, lease, message, deliveries, held).await;
+        after_early_ack(env, lease, message, ending).await;
+        return None;
+    }
     let ending = attempt(env, lease, message, deliveries, held).await;
     env.leases.remove(lease.token);
     settlement(env, lease, Some(message), ending, None).await
+}
+
+/// Ends an attempt whose message was acknowledged before it ran: there is
+/// nothing left to settle, so the result is stored directly and a retry is
+/// sent as a new message.
+async fn after_early_ack(env: &Env, lease: &Lease, message: &Message, ending: Ending) {
+    let id = lease.id.clone();
+    let stats = &env.stats;
+    let result = match ending {
+        Ending::Lost => {
+            stats.lease_lost.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+        Ending::Release => {
+            tracing::warn!(task_id = %id, "a task acknowledged early (acks_late = false) was stopped and is not run again");
+            stats.released.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+        Ending::Success(v) => {
+            stats.succeeded.fetch_add(1, Ordering::Relaxed);
+            Some(TaskResult::success(id, v))
+        }
+        Ending::Failure(exc, tb) => {
+            stats.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(task_id = %id, error = %exc, "task failed");
+            Some(TaskResult::failure(id, &exc, tb))
+        }
+        Ending::Revoked(reason) => {
+            stats.revoked.fetch_add(1, Ordering::Relaxed);
+            Some(TaskResult::revoked(id, reason))
+        }
+        Ending::DeadLetter(reason, exc) => {
+            stats.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(task_id = %id, %reason, "task failed after its early acknowledgement");
+            exc.map(|e| TaskResult::failure(id, &e, Some(reason)))
+        }
+        Ending::Retry(next, exc) => {
+            stats.retried.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = env.app.publish(vec![*next]).await {
+                tracing::error!(task_id = %id, error = %e.chain_text(), "sending the retry failed; the task is not run again");
+                stats.failed.fetch_add(1, Ordering::Relaxed);
+                let exc = ExceptionInfo::new("RetryError", "celeriac", e.chain_text());
+                Some(TaskResult::failure(id, &exc, None))
+            } else {
+                Some(TaskResult::new(id, TaskState::Retry, exc.to_value(), None))
+            }
+        }
+    };
+    let Some(mut r) = result.filter(|_| !message.headers.ignore_result) else {
+        return;
+    };
+    r.name = Some(message.headers.task.clone());
+    r.retries = Some(message.headers.retries);
+    r.worker = Some(env.worker.clone());
+    if let Some(backend) = env.app.backend() {
+        let mut pause = Duration::from_millis(50);
+        for attempt in 0..6 {
+            match backend.store(r.clone()).await {
+                Ok(()) => return,
+                Err(e) if attempt < 5 && e.kind().is_transient() => {
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                Err(e) => {
+                    tracing::error!(task_id = %r.task_id, error = %e.chain_text(), "storing the result failed");
+                    return;
+                }
+            }
+        }
+    }
 }
 
 async fn attempt(
