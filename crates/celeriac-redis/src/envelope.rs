@@ -444,7 +444,10 @@ fn slow_decode(raw: &[u8], list_queue: &str) -> Decoded {
         Ok(Value::Object(m)) => m,
         Ok(other) => {
             return unreadable(
-                format!("envelope must be a JSON object, got {}", type_name(&other)),
+                format!(
+                    "envelope must be a JSON object, got {}",
+                    wire::parts::type_name(&other)
+                ),
                 list_queue,
             )
         }
@@ -460,7 +463,7 @@ fn slow_decode(raw: &[u8], list_queue: &str) -> Decoded {
         None | Some(Value::Null) => Err("envelope has no body".to_owned()),
         Some(other) => Err(format!(
             "envelope body must be a string, got {}",
-            type_name(&other)
+            wire::parts::type_name(&other)
         )),
     };
     let content_type = match fields.remove("content-type") {
@@ -468,7 +471,7 @@ fn slow_decode(raw: &[u8], list_queue: &str) -> Decoded {
         Some(Value::String(s)) => Ok(Some(s)),
         Some(other) => Err(format!(
             "content-type must be a string, got {}",
-            type_name(&other)
+            wire::parts::type_name(&other)
         )),
     };
     let content_encoding = match fields.remove("content-encoding") {
@@ -480,7 +483,7 @@ fn slow_decode(raw: &[u8], list_queue: &str) -> Decoded {
         Some(Value::Object(m)) => Ok(m),
         Some(other) => Err(format!(
             "headers must be an object, got {}",
-            type_name(&other)
+            wire::parts::type_name(&other)
         )),
     };
     let (properties, body_encoding) = lenient_properties(fields.remove("properties"));
@@ -687,17 +690,6 @@ fn lenient_properties(v: Option<Value>) -> (Properties, Result<Option<String>, S
     };
     p.extra = m;
     (p, body_encoding)
-}
-
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 // ---------------------------------------------------------------------------

@@ -52,6 +52,16 @@ impl Task for Fail {
     }
 }
 
+/// Counts a run under `key`; fails until the task has retried `n` times,
+/// then returns its retry count.
+fn fail_until_retried(ctx: &TaskContext, key: &str, n: u32) -> Result<u32, TaskError> {
+    bump(key);
+    if ctx.retries() < n {
+        return Err(TaskError::fail("not yet"));
+    }
+    Ok(ctx.retries())
+}
+
 /// Fails until it has failed `n` times, then returns its retry count.
 struct Flaky;
 impl Task for Flaky {
@@ -67,11 +77,7 @@ impl Task for Flaky {
             ))
     }
     async fn run(ctx: TaskContext, (key, n): (String, u32)) -> Result<u32, TaskError> {
-        bump(&key);
-        if ctx.retries() < n {
-            return Err(TaskError::fail("not yet"));
-        }
-        Ok(ctx.retries())
+        fail_until_retried(&ctx, &key, n)
     }
 }
 
@@ -182,11 +188,7 @@ impl Task for EarlyFlaky {
             ))
     }
     async fn run(ctx: TaskContext, (key, n): (String, u32)) -> Result<u32, TaskError> {
-        bump(&key);
-        if ctx.retries() < n {
-            return Err(TaskError::fail("not yet"));
-        }
-        Ok(ctx.retries())
+        fail_until_retried(&ctx, &key, n)
     }
 }
 

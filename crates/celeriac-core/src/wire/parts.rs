@@ -491,7 +491,8 @@ fn take_time(
     }
 }
 
-fn type_name(v: &Value) -> &'static str {
+/// Names a JSON value's kind for error messages ("an array", "null", ...).
+pub fn type_name(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
