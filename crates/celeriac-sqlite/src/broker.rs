@@ -170,17 +170,17 @@ impl Broker for SqliteBroker {
     }
 
     async fn revoke(&self, id: &TaskId) -> Result<Revoked, Error> {
-        // Waiting rows have no index on their id (see the schema docs): find
-        // them with a scan on a read connection, so the writer is not held.
+        // Task ids have no index (see the schema docs): find the rows with a
+        // scan on a read connection, so the writer is not held.
         let scan_id = id.as_str().to_owned();
-        let (waiting, scanned_below) = self
+        let (found, scanned_below) = self
             .inner
             .readers
-            .run(move |conn| reader::waiting_with_id(conn, &scan_id))
+            .run(move |conn| reader::rows_with_id(conn, &scan_id))
             .await?;
         let op = Op::Revoke {
             id: id.as_str().to_owned(),
-            waiting,
+            found,
             scanned_below,
         };
         match self.call(op).await? {

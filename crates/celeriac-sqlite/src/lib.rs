@@ -119,9 +119,10 @@
 //! page per result; tasks that need no result should say so
 //! (`ignore_result`).
 //!
-//! Revoking a *waiting* task scans the tasks table on a read connection:
-//! an index on the (random) ids of waiting tasks would cost most of the
-//! publish rate, and revocation is rare.
+//! Revoking a task scans the tasks table on a read connection: an index
+//! on the (random) task ids would cost most of the publish rate (and, kept
+//! for leased rows only, a few pages of every lease and settle commit),
+//! and revocation is rare.
 //!
 //! # Layout
 //!

@@ -74,17 +74,17 @@ pub(crate) fn get_result(conn: &Connection, id: &str) -> Result<Option<TaskResul
     .transpose()
 }
 
-/// Returns the waiting (not leased) rows with task id `id`, and the first
+/// Returns the rows with task id `id` (waiting or leased), and the first
 /// row number this read could not see (the `next_seq` counter), in one
-/// snapshot. A full scan: waiting rows have no index on their id.
-pub(crate) fn waiting_with_id(conn: &Connection, id: &str) -> Result<(Vec<i64>, i64), Error> {
+/// snapshot. A full scan: there is no index on task ids.
+pub(crate) fn rows_with_id(conn: &Connection, id: &str) -> Result<(Vec<i64>, i64), Error> {
     let scan = || -> rusqlite::Result<(Vec<i64>, i64)> {
         conn.execute_batch("BEGIN")?;
         let next: i64 = conn
             .prepare_cached("SELECT value FROM meta WHERE name = 'next_seq'")?
             .query_row([], |r| r.get(0))?;
         let seqs = conn
-            .prepare_cached("SELECT seq FROM tasks WHERE id = ?1 AND state <> 2")?
+            .prepare_cached("SELECT seq FROM tasks WHERE id = ?1")?
             .query_map([id], |r| r.get(0))?
             .collect::<rusqlite::Result<Vec<i64>>>()?;
         conn.execute_batch("COMMIT")?;

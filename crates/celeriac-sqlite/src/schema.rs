@@ -22,11 +22,12 @@
 //! cannot take. Together they also answer queue statistics without
 //! reading the table.
 //!
-//! There is deliberately no index on `tasks.id` for waiting rows: task ids
-//! are random, so such an index would dirty one page per published message
-//! and cost most of the publish throughput. `tasks_leased_id` covers only
-//! the (few) leased rows; revoking a waiting task scans the table on a read
-//! connection instead (see `Broker::revoke`), which is rare.
+//! There is deliberately no index on `tasks.id`: task ids are random, so
+//! such an index would dirty a page per published message (and, kept only
+//! for leased rows, a few pages of every commit that leases or settles).
+//! Revoking a task scans the table on a read connection instead (see
+//! `Broker::revoke`), which is rare. (Layout version 2 had an index on the
+//! ids of leased rows; opening such a file drops it.)
 //!
 //! Results are stored in the order they are written (`seq`, SQLite's own
 //! row number) with a unique index on the task id, rather than keyed by
@@ -47,7 +48,7 @@ use crate::config::Config;
 use crate::util::db_error;
 
 /// The layout version stored in `PRAGMA user_version`.
-pub(crate) const SCHEMA_VERSION: i64 = 2;
+pub(crate) const SCHEMA_VERSION: i64 = 3;
 
 /// `tasks.state` of a row that may be fetched now.
 pub(crate) const READY: i64 = 0;
@@ -72,7 +73,6 @@ CREATE TABLE IF NOT EXISTS tasks (
 );
 CREATE INDEX IF NOT EXISTS tasks_ready ON tasks (queue, priority DESC, seq, state) WHERE state = 0;
 CREATE INDEX IF NOT EXISTS tasks_pending ON tasks (queue, not_before, state) WHERE state > 0;
-CREATE INDEX IF NOT EXISTS tasks_leased_id ON tasks (id) WHERE state = 2;
 CREATE TABLE IF NOT EXISTS dead_letters (
     seq       INTEGER PRIMARY KEY,
     id        TEXT    NOT NULL,
@@ -117,6 +117,9 @@ const RESULTS_V1_BACK: &str = "
 INSERT INTO results (id, json, expires_at) SELECT id, json, expires_at FROM results_v1;
 DROP TABLE results_v1;
 ";
+
+/// Layouts 1 and 2 to 3: the index on leased ids goes.
+const LEASED_ID_INDEX_V2: &str = "DROP INDEX IF EXISTS tasks_leased_id;";
 
 /// Opens a connection with the shared settings: WAL, the configured
 /// `synchronous`, a busy timeout and a statement cache.
@@ -188,6 +191,10 @@ pub(crate) fn migrate(conn: &Connection) -> Result<(), Error> {
         if version == 1 {
             conn.execute_batch(RESULTS_V1_BACK)
                 .map_err(|e| db_error("cannot copy the results of layout 1", e))?;
+        }
+        if (1..3).contains(&version) {
+            conn.execute_batch(LEASED_ID_INDEX_V2)
+                .map_err(|e| db_error("cannot drop the index of layout 2 on leased ids", e))?;
         }
         if version < SCHEMA_VERSION {
             conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))

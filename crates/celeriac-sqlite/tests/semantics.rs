@@ -700,3 +700,80 @@ async fn results_of_a_layout_1_file_are_kept_when_it_is_opened() {
     let b = SqliteBroker::open(&path).await.unwrap();
     assert!(b.get(&id).await.unwrap().is_some());
 }
+
+/// The tables of layout 2, as that version created them.
+const LAYOUT_2: &str = "
+PRAGMA journal_mode = WAL;
+CREATE TABLE tasks (
+    seq INTEGER PRIMARY KEY, id TEXT NOT NULL, task TEXT NOT NULL, queue TEXT NOT NULL,
+    priority INTEGER NOT NULL, state INTEGER NOT NULL, not_before INTEGER NOT NULL,
+    token INTEGER NOT NULL DEFAULT 0, deliveries INTEGER NOT NULL DEFAULT 0,
+    revoked INTEGER NOT NULL DEFAULT 0, payload BLOB NOT NULL
+);
+CREATE INDEX tasks_ready ON tasks (queue, priority DESC, seq, state) WHERE state = 0;
+CREATE INDEX tasks_pending ON tasks (queue, not_before, state) WHERE state > 0;
+CREATE INDEX tasks_leased_id ON tasks (id) WHERE state = 2;
+CREATE TABLE dead_letters (
+    seq INTEGER PRIMARY KEY, id TEXT NOT NULL, task TEXT NOT NULL, queue TEXT NOT NULL,
+    priority INTEGER NOT NULL, reason TEXT NOT NULL, at INTEGER NOT NULL, raw BLOB NOT NULL
+);
+CREATE INDEX dead_letters_id ON dead_letters (id);
+CREATE TABLE results (
+    seq INTEGER PRIMARY KEY, id TEXT NOT NULL, json TEXT NOT NULL, expires_at INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX results_id ON results (id);
+CREATE INDEX results_expiry ON results (expires_at);
+CREATE TABLE revocations (id TEXT PRIMARY KEY, at INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+INSERT INTO meta (name, value) VALUES
+    ('next_seq', 3), ('next_token', 1), ('ready_version', 0), ('result_version', 0);
+PRAGMA user_version = 2;
+";
+
+#[tokio::test]
+async fn messages_of_a_layout_2_file_are_kept_when_it_is_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    let (first, second) = (msg("q", vec![json!(1)]), msg("q", vec![json!(2)]));
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(LAYOUT_2).unwrap();
+        for (seq, m) in [(1, &first), (2, &second)] {
+            conn.execute(
+                "INSERT INTO tasks (seq, id, task, queue, priority, state, not_before, payload)
+                 VALUES (?1, ?2, 'tasks.test', 'q', 0, 0, 0, ?3)",
+                rusqlite::params![seq, m.id().as_str(), codec::encode(m).unwrap()],
+            )
+            .unwrap();
+        }
+    }
+    let b = SqliteBroker::open(&path).await.unwrap();
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 3);
+        let leased_id_index: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_schema WHERE name = 'tasks_leased_id'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(leased_id_index, 0, "the index on leased ids is dropped");
+    }
+    let d = b.fetch(&now("q", 1)).await.unwrap().pop().unwrap();
+    assert_eq!(**d.message.as_ref().unwrap(), first);
+    // Revocation finds the running and the waiting message without the index.
+    assert_eq!(b.revoke(first.id()).await.unwrap(), Revoked::Running);
+    assert_eq!(b.revoke(second.id()).await.unwrap(), Revoked::Removed);
+    assert!(b.fetch(&now("q", 1)).await.unwrap().is_empty());
+    b.settle(&d.lease, Settlement::Ack { result: None })
+        .await
+        .unwrap();
+    drop(b);
+    // A second opening finds the layout current and changes nothing.
+    let b = SqliteBroker::open(&path).await.unwrap();
+    assert!(b.fetch(&now("q", 1)).await.unwrap().is_empty());
+}

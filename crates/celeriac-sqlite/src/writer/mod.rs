@@ -104,8 +104,8 @@ pub(crate) enum Op {
     },
     Revoke {
         id: String,
-        /// Waiting rows with this id, found by a scan on a read connection.
-        waiting: Vec<i64>,
+        /// Rows with this id, found by a scan on a read connection.
+        found: Vec<i64>,
         /// The first row number that scan could not see.
         scanned_below: i64,
     },
@@ -404,9 +404,9 @@ fn apply(tx: &mut Tx<'_>, op: &Op) -> rusqlite::Result<Answer> {
         Op::Extend { leases, by_ms } => settle::extend(tx, leases, *by_ms),
         Op::Revoke {
             id,
-            waiting,
+            found,
             scanned_below,
-        } => settle::revoke(tx, id, waiting, *scanned_below),
+        } => settle::revoke(tx, id, found, *scanned_below),
         Op::Purge(queue) => queue::purge(tx, queue),
         Op::ReplayDeadLetters(ids) => admin::replay_dead_letters(tx, ids.as_deref()),
         Op::PurgeDeadLetters => admin::purge_dead_letters(tx),

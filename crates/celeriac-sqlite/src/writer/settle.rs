@@ -159,39 +159,53 @@ pub(super) fn extend(
 /// Revokes a task: flags its running rows, deletes its waiting ones, or
 /// remembers the id for a message not seen yet.
 ///
-/// `waiting` are the rows a scan on a read connection found waiting with
-/// this id, and `scanned_below` the first row number that scan could not
-/// see; rows published since are checked here by row number, so nothing
+/// `found` are the rows a scan on a read connection found with this id,
+/// and `scanned_below` the first row number that scan could not see. Each
+/// found row is looked at again here, by row number, as it is now (it may
+/// have been leased, settled or its lease may have ended since); rows
+/// published since the scan are checked by row number too, so nothing
 /// slips between the scan and this transaction.
 pub(super) fn revoke(
     tx: &mut Tx<'_>,
     id: &str,
-    waiting: &[i64],
+    found: &[i64],
     scanned_below: i64,
 ) -> rusqlite::Result<Answer> {
     let now = now_ms();
-    // Running: a live lease. Found through the partial index on leased ids.
-    let flagged = tx
-        .conn
-        .prepare_cached(
-            "UPDATE tasks SET revoked = 1 WHERE state = 2 AND id = ?1 AND not_before > ?2",
-        )?
-        .execute(rusqlite::params![id, now])?;
-    // A leased row whose lease ended is waiting again, and goes.
-    let mut removed = tx
-        .conn
-        .prepare_cached("DELETE FROM tasks WHERE state = 2 AND id = ?1 AND not_before <= ?2")?
-        .execute(rusqlite::params![id, now])?;
-    for &seq in waiting {
+    let mut flagged = 0;
+    let mut removed = 0;
+    // Running: a live lease, flagged so its worker learns. Anything else
+    // (waiting, delayed, or a lease that ended) is waiting, and goes.
+    for &seq in found {
+        flagged += tx
+            .conn
+            .prepare_cached(
+                "UPDATE tasks SET revoked = 1
+                 WHERE seq = ?1 AND id = ?2 AND state = ?3 AND not_before > ?4",
+            )?
+            .execute(rusqlite::params![seq, id, LEASED, now])?;
         removed += tx
             .conn
-            .prepare_cached("DELETE FROM tasks WHERE seq = ?1 AND id = ?2 AND state <> ?3")?
-            .execute(rusqlite::params![seq, id, LEASED])?;
+            .prepare_cached(
+                "DELETE FROM tasks
+                 WHERE seq = ?1 AND id = ?2 AND NOT (state = ?3 AND not_before > ?4)",
+            )?
+            .execute(rusqlite::params![seq, id, LEASED, now])?;
     }
+    flagged += tx
+        .conn
+        .prepare_cached(
+            "UPDATE tasks SET revoked = 1
+             WHERE seq >= ?1 AND id = ?2 AND state = ?3 AND not_before > ?4",
+        )?
+        .execute(rusqlite::params![scanned_below, id, LEASED, now])?;
     removed += tx
         .conn
-        .prepare_cached("DELETE FROM tasks WHERE seq >= ?1 AND id = ?2 AND state <> ?3")?
-        .execute(rusqlite::params![scanned_below, id, LEASED])?;
+        .prepare_cached(
+            "DELETE FROM tasks
+             WHERE seq >= ?1 AND id = ?2 AND NOT (state = ?3 AND not_before > ?4)",
+        )?
+        .execute(rusqlite::params![scanned_below, id, LEASED, now])?;
     // As in the memory broker, a running attempt wins: its worker must learn.
     if flagged > 0 {
         return Ok(Answer::Revoked(Revoked::Running));
