@@ -69,7 +69,9 @@
 //! of a dead worker expire and their messages are delivered again. With
 //! [`Synchronous::Full`] (the default) each commit is also flushed to disk
 //! (`fdatasync` of the log) before any caller hears of it, so even a power
-//! cut loses nothing acknowledged; [`Synchronous::Normal`] skips that flush
+//! cut loses nothing acknowledged (a fetch alone is answered before the
+//! flush: a power cut can only undo its leases, and the messages are then
+//! delivered again); [`Synchronous::Normal`] skips that flush
 //! for speed and may lose the last commits on a power cut (never on a
 //! process crash), without corrupting the file.
 //!
