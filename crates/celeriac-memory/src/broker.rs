@@ -18,7 +18,7 @@ use celeriac_core::{
 };
 use tokio::time::Instant;
 
-use crate::store::{add, Pending, Store, Taken};
+use crate::store::{add, Entry, Pending, Store, Taken, Wake};
 use crate::{MemoryBroker, Shared};
 
 impl Broker for MemoryBroker {
@@ -55,13 +55,14 @@ impl Broker for MemoryBroker {
         async move { Ok(fetch(&self.shared, queues, max, lease, wait).await) }
     }
 
-    fn settle(
-        &self,
-        lease: &Lease,
-        settlement: Settlement,
-    ) -> impl Future<Output = Result<(), Error>> + Send {
-        let (receipt, token, id) = (lease.receipt, lease.token, lease.id.clone());
-        async move { settle(&self.shared, receipt, token, &id, settlement) }
+    async fn settle(&self, lease: &Lease, settlement: Settlement) -> Result<(), Error> {
+        settle(&self.shared, lease, settlement)
+    }
+
+    /// Settles a batch under one lock of the store (and at most one of the
+    /// results), each settlement fenced by its own token.
+    async fn settle_many(&self, settles: &[(Lease, Settlement)]) -> Vec<Result<(), Error>> {
+        settle_many(&self.shared, settles)
     }
 
     fn extend(
@@ -272,18 +273,14 @@ enum Op {
     DeadLetter(String),
 }
 
-fn settle(
-    shared: &Shared,
-    receipt: u64,
-    token: u64,
-    id: &TaskId,
+/// Splits a settlement into what it does to the message and the result it
+/// stores. `now` is read only when something needs the clock (a plain ack,
+/// the common case, does not).
+fn prepare(
     settlement: Settlement,
-) -> Result<(), Error> {
-    // The clock is read only when something needs it: a plain ack (the
-    // common case) does not.
-    let mut now = None;
-    let mut now = || *now.get_or_insert_with(Instant::now);
-    let (op, result) = match settlement {
+    now: &mut impl FnMut() -> Instant,
+) -> Result<(Op, Option<TaskResult>), Error> {
+    Ok(match settlement {
         Settlement::Ack { result } => (Op::Ack, result),
         Settlement::Retry { message, result } => {
             (Op::Retry(Pending::new(*message, now(), &mut None)), result)
@@ -291,20 +288,35 @@ fn settle(
         Settlement::Release => (Op::Release, None),
         Settlement::DeadLetter { reason, result } => (Op::DeadLetter(reason), result),
         _ => return Err(Error::unsupported("this kind of settlement")),
-    };
-    let mut store = shared.store();
-    let Some(slot) = store.holder(receipt, token) else {
+    })
+}
+
+/// Applies one prepared settlement under the store lock, if `lease` still
+/// holds its message. Returns the removed entry, to drop unlocked.
+fn apply(store: &mut Store, lease: &Lease, op: Op) -> Result<(Option<Entry>, Wake), Error> {
+    let Some(slot) = store.holder(lease.receipt, lease.token) else {
         return Err(Error::new(
             ErrorKind::LeaseLost,
-            format!("the lease on task {id} (token {token}) is no longer held"),
+            format!(
+                "the lease on task {} (token {}) is no longer held",
+                lease.id, lease.token
+            ),
         ));
     };
-    let (removed, wake) = match op {
+    Ok(match op {
         Op::Ack => store.ack(slot),
         Op::Retry(next) => store.retry(slot, next),
         Op::Release => (None, store.release(slot)),
         Op::DeadLetter(reason) => store.dead_letter(slot, reason)?,
-    };
+    })
+}
+
+fn settle(shared: &Shared, lease: &Lease, settlement: Settlement) -> Result<(), Error> {
+    let mut now = None;
+    let mut now = || *now.get_or_insert_with(Instant::now);
+    let (op, result) = prepare(settlement, &mut now)?;
+    let mut store = shared.store();
+    let (removed, wake) = apply(&mut store, lease, op)?;
     // The result is stored before the store lock is released, so whoever
     // sees the message gone (or the broker idle) also sees its result.
     let result_waiter = result.and_then(|r| shared.results().insert(r, now()));
@@ -315,4 +327,50 @@ fn settle(
     }
     drop(removed);
     Ok(())
+}
+
+fn settle_many(shared: &Shared, settles: &[(Lease, Settlement)]) -> Vec<Result<(), Error>> {
+    let mut now = None;
+    let mut now = || *now.get_or_insert_with(Instant::now);
+    // Cloned because the batch is borrowed: a plain ack clones for free.
+    let prepared: Vec<_> = settles
+        .iter()
+        .map(|(_, s)| prepare(s.clone(), &mut now))
+        .collect();
+    let mut out = Vec::with_capacity(settles.len());
+    let mut removed = Vec::with_capacity(settles.len());
+    let mut waiters = Vec::new();
+    let mut wake = Wake::default();
+    {
+        let mut store = shared.store();
+        let mut results = None;
+        for ((lease, _), p) in settles.iter().zip(prepared) {
+            let applied = p.and_then(|(op, result)| {
+                let (entry, w) = apply(&mut store, lease, op)?;
+                Ok((entry, w, result))
+            });
+            match applied {
+                Ok((entry, w, result)) => {
+                    wake.fetchers |= w.fetchers;
+                    wake.idle |= w.idle;
+                    removed.extend(entry);
+                    if let Some(r) = result {
+                        // Stored under the store lock, as in `settle`.
+                        let results = results.get_or_insert_with(|| shared.results());
+                        waiters.extend(results.insert(r, now()));
+                    }
+                    out.push(Ok(()));
+                }
+                Err(e) => out.push(Err(e)),
+            }
+        }
+        // A later settlement of the batch may have stored a message again.
+        wake.idle &= store.is_idle();
+    }
+    shared.wake(wake);
+    for n in waiters {
+        n.notify_waiters();
+    }
+    drop(removed);
+    out
 }

@@ -534,6 +534,67 @@ async fn retry_replaces_the_message_and_stores_the_result() {
 }
 
 #[tokio::test]
+async fn settle_many_fences_each_settlement_and_stores_results() {
+    let b = MemoryBroker::new();
+    let ms: Vec<_> = (0..4).map(|_| msg("q")).collect();
+    b.publish(ms.clone()).await.unwrap();
+    let ds = fetch_now(&b, &["q"], 4).await;
+    assert_eq!(ds.len(), 4);
+    let (done, released) = (ds[0].message.as_ref().unwrap().id().clone(), &ds[2]);
+    let stale = {
+        let mut l = ds[1].lease.clone();
+        l.token += 1000;
+        l
+    };
+    let batch = vec![
+        (
+            ds[0].lease.clone(),
+            Settlement::Ack {
+                result: Some(TaskResult::success(done.clone(), 7.into())),
+            },
+        ),
+        (stale, Settlement::Ack { result: None }),
+        (released.lease.clone(), Settlement::Release),
+        (ds[3].lease.clone(), Settlement::Ack { result: None }),
+        // The same lease twice: the second finds it settled.
+        (ds[3].lease.clone(), Settlement::Ack { result: None }),
+    ];
+    let out = b.settle_many(&batch).await;
+    let kinds: Vec<_> = out
+        .iter()
+        .map(|r| r.as_ref().err().map(|e| e.kind()))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            None,
+            Some(ErrorKind::LeaseLost),
+            None,
+            None,
+            Some(ErrorKind::LeaseLost)
+        ]
+    );
+    assert_eq!(b.get(&done).await.unwrap().unwrap().result, serde_json::json!(7));
+    // The fenced-out one is still leased; the released one is ready again.
+    let stats = b.queue_stats().await.unwrap();
+    assert_eq!(
+        (stats[0].ready, stats[0].delayed, stats[0].leased),
+        (1, 0, 1)
+    );
+    let again = fetch_now(&b, &["q"], 4).await;
+    assert_eq!(ids(&again), ids(std::slice::from_ref(released)));
+    // Settling the rest leaves the broker idle, and wakes `idle()`.
+    let rest = vec![
+        (ds[1].lease.clone(), Settlement::Ack { result: None }),
+        (again[0].lease.clone(), Settlement::Ack { result: None }),
+    ];
+    let idle = b.idle();
+    assert!(b.settle_many(&rest).await.iter().all(Result::is_ok));
+    timeout(PATIENCE, idle).await.unwrap();
+    assert!(b.is_idle());
+}
+
+#[tokio::test]
 async fn dead_letters_are_kept_listed_replayed_and_purged() {
     let b = MemoryBroker::new();
     let (m1, m2) = (msg("q"), msg("q"));
