@@ -19,7 +19,7 @@ use super::lease::{Held, LeaseTable};
 use super::settler::Settle;
 use super::WorkerStats;
 use crate::app::App;
-use crate::registry::CallError;
+use crate::registry::{CallError, Handler};
 use crate::task::TaskContext;
 
 /// What every attempt of one worker shares.
@@ -53,9 +53,18 @@ enum Ending {
 /// there is nothing to settle. Never panics, never returns an error: every
 /// problem ends in a settlement or a log line.
 pub(crate) async fn run(env: &Env, job: Job) -> Option<Settle> {
-    // Everything is borrowed from the box: a delivery is some 800 bytes,
-    // and moving it from step to step cost more than a no-op task itself.
-    let (delivery, held) = &*job;
+    let settlement = decide(env, &job).await?;
+    // The settlement takes the delivery's own lease: a clone would touch
+    // the queue name's reference count, which every runner shares.
+    let (delivery, _held) = *job;
+    Some(Box::new((delivery.lease, settlement)))
+}
+
+/// Runs one delivery up to how it is to be settled.
+async fn decide(env: &Env, job: &Job) -> Option<Settlement> {
+    // Everything is borrowed from the box: moving a delivery from step to
+    // step costs more than a no-op task itself.
+    let (delivery, held) = &**job;
     let lease = &delivery.lease;
     let deliveries = delivery.deliveries;
     if env.soft.is_cancelled() {
@@ -81,11 +90,10 @@ pub(crate) async fn run(env: &Env, job: Job) -> Option<Settle> {
     };
     // `acks_late = false`: acknowledged before it runs, as Celery's early
     // ack. A crash while it runs then loses it; that is what was asked.
-    let early = env
-        .app
-        .registry()
-        .options(&message.headers.task)
-        .is_some_and(|o| !o.acks_late);
+    // The handler is looked up once per attempt: hashing the task name is
+    // a visible part of a no-op task's cost.
+    let handler = env.app.registry().get(&message.headers.task);
+    let early = handler.is_some_and(|h| !h.options().acks_late);
     if early {
         match env
             .app
@@ -104,16 +112,16 @@ pub(crate) async fn run(env: &Env, job: Job) -> Option<Settle> {
             }
             Err(e) => {
                 tracing::warn!(task_id = %lease.id, error = %e.chain_text(), "early acknowledgement failed; acknowledging after the run");
-                let ending = attempt(env, lease, message, deliveries, held).await;
+                let ending = attempt(env, lease, message, deliveries, held, handler).await;
                 env.leases.remove(lease.token);
                 return settlement(env, lease, Some(message), ending, None).await;
             }
         }
-        let ending = attempt(env, lease, message, deliveries, held).await;
+        let ending = attempt(env, lease, message, deliveries, held, handler).await;
         after_early_ack(env, lease, message, ending).await;
         return None;
     }
-    let ending = attempt(env, lease, message, deliveries, held).await;
+    let ending = attempt(env, lease, message, deliveries, held, handler).await;
     env.leases.remove(lease.token);
     settlement(env, lease, Some(message), ending, None).await
 }
@@ -194,6 +202,7 @@ async fn attempt(
     message: &Message,
     deliveries: u32,
     held: &Held,
+    handler: Option<&Arc<dyn Handler>>,
 ) -> Ending {
     let name = message.headers.task.as_str();
     // The clock is read only for messages that carry an expiry.
@@ -209,7 +218,7 @@ async fn attempt(
     if held.revoked.load(Ordering::Acquire) {
         return Ending::Revoked("revoked");
     }
-    let Some(handler) = env.app.registry().get(name) else {
+    let Some(handler) = handler else {
         tracing::error!(task_id = %lease.id, task = name, "unknown task dead-lettered");
         let reason = format!("unknown task `{name}`: not registered in this worker");
         let exc = ExceptionInfo::new("NotRegistered", "celery.exceptions", format!("'{name}'"));
@@ -391,7 +400,7 @@ async fn settlement(
     message: Option<&Message>,
     ending: Ending,
     preset: Option<TaskResult>,
-) -> Option<Settle> {
+) -> Option<Settlement> {
     let id = lease.id.clone();
     let ignore = message.is_some_and(|m| m.headers.ignore_result);
     let stats = &env.stats;
@@ -455,18 +464,17 @@ async fn settlement(
     // Without a result (ignore_result, the common case in bulk work) the
     // attach step is skipped: building its future moves the settlement in
     // and out again for nothing.
-    let settlement = match result {
-        None => settlement,
+    match result {
+        None => Some(settlement),
         Some(mut r) => {
             r.name = message.map(|m| m.headers.task.clone());
             r.retries = message.map(|m| m.headers.retries);
             r.worker = Some(env.worker.clone());
             // The result could not be stored: not acknowledged, so the
             // lease runs out and the task is delivered again.
-            attach(env, settlement, r).await?
+            attach(env, settlement, r).await
         }
-    };
-    Some(Box::new((lease.clone(), settlement)))
+    }
 }
 
 /// Puts the result into the settlement when the broker stores results,
