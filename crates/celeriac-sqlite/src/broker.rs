@@ -44,9 +44,7 @@ impl Broker for SqliteBroker {
             return Ok(());
         }
         let rows = if messages.len() > INLINE_CODEC_LIMIT {
-            tokio::task::spawn_blocking(move || encode_rows(&messages, max_bytes))
-                .await
-                .map_err(|e| Error::with_source(ErrorKind::Other, "encoding failed", e))??
+            encode_in_parallel(messages, max_bytes).await?
         } else {
             encode_rows(&messages, max_bytes)?
         };
@@ -299,6 +297,43 @@ fn encode_rows(messages: &[Message], max_bytes: usize) -> Result<Vec<NewRow>, Er
         })
         .collect()
 }
+
+/// Encodes a large batch on the blocking pool, in as many pieces as there
+/// are cores (pieces of at least [`PARALLEL_ENCODE_PIECE`] messages): the
+/// caller waits for the encoding, the writer and the flush in turn, so
+/// encoding is a good part of a batch's time.
+async fn encode_in_parallel(
+    mut messages: Vec<Message>,
+    max_bytes: usize,
+) -> Result<Vec<NewRow>, Error> {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let pieces = (messages.len() / PARALLEL_ENCODE_PIECE).clamp(1, cores);
+    let per_piece = messages.len().div_ceil(pieces);
+    let mut encoders = Vec::with_capacity(pieces);
+    while !messages.is_empty() {
+        let rest = messages.split_off(per_piece.min(messages.len()));
+        let piece = std::mem::replace(&mut messages, rest);
+        encoders.push(tokio::task::spawn_blocking(move || {
+            encode_rows(&piece, max_bytes)
+        }));
+    }
+    let mut rows = Vec::new();
+    // In order, so the first message at fault is the one reported.
+    for encoder in encoders {
+        let piece = encoder
+            .await
+            .map_err(|e| Error::with_source(ErrorKind::Other, "encoding failed", e))??;
+        if rows.is_empty() {
+            rows = piece;
+        } else {
+            rows.extend(piece);
+        }
+    }
+    Ok(rows)
+}
+
+/// The fewest messages one blocking task encodes in a parallel encoding.
+const PARALLEL_ENCODE_PIECE: usize = 128;
 
 /// Returns a result as the writer stores it.
 pub(crate) fn result_row(result: &TaskResult) -> Result<ResultRow, Error> {

@@ -777,3 +777,27 @@ async fn messages_of_a_layout_2_file_are_kept_when_it_is_opened() {
     let b = SqliteBroker::open(&path).await.unwrap();
     assert!(b.fetch(&now("q", 1)).await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_large_batch_is_published_in_order_and_refused_whole() {
+    let (_dir, b) = fresh().await;
+    // Large enough to be encoded in pieces.
+    let batch: Vec<_> = (0..1000).map(|i| msg("q", vec![json!(i)])).collect();
+    let limit = batch
+        .iter()
+        .map(|m| codec::encode(m).unwrap().len())
+        .max()
+        .unwrap();
+    let mut refused = batch.clone();
+    refused[900] = msg("q", vec![json!("x".repeat(limit))]);
+    let big_id = refused[900].id().clone();
+    let err = b.publish_checked(refused, limit).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PayloadTooLarge);
+    assert!(err.to_string().contains(big_id.as_str()), "{err}");
+    assert!(b.fetch(&now("q", 10)).await.unwrap().is_empty());
+
+    b.publish_checked(batch, limit).await.unwrap();
+    let got = b.fetch(&now("q", 2000)).await.unwrap();
+    let order: Vec<i64> = got.iter().map(arg0).collect();
+    assert_eq!(order, (0..1000).collect::<Vec<i64>>());
+}
