@@ -156,8 +156,9 @@ pub(crate) fn connect(config: &Config) -> Result<Connection, Error> {
         "PRAGMA synchronous = {};
          PRAGMA cache_size = -32768;
          PRAGMA temp_store = MEMORY;
-         PRAGMA journal_size_limit = 67108864;",
-        config.synchronous.pragma()
+         PRAGMA journal_size_limit = {};",
+        config.synchronous.pragma(),
+        crate::writer::durable::WAL_RESTART_BYTES
     ))
     .map_err(|e| db_error("cannot configure the database", e))?;
     conn.set_prepared_statement_cache_capacity(64);

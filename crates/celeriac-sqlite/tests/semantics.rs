@@ -801,3 +801,22 @@ async fn a_large_batch_is_published_in_order_and_refused_whole() {
     let order: Vec<i64> = got.iter().map(arg0).collect();
     assert_eq!(order, (0..1000).collect::<Vec<i64>>());
 }
+
+#[tokio::test]
+async fn the_log_is_written_over_rather_than_grown() {
+    let (dir, b) = fresh().await;
+    let wal = dir.path().join("q.db-wal");
+    let filler = "x".repeat(4000);
+    let mut largest = 0;
+    // About 40 MB of messages, more than twice the log's size.
+    for _ in 0..20 {
+        let batch = (0..500)
+            .map(|_| msg("q", vec![json!(filler)]))
+            .collect::<Vec<_>>();
+        b.publish(batch).await.unwrap();
+        largest = largest.max(std::fs::metadata(&wal).unwrap().len());
+    }
+    assert_eq!(b.queue_stats().await.unwrap()[0].ready, 10_000);
+    // 16 MB, and the commit that went past it.
+    assert!(largest < 20 << 20, "the log grew to {largest} bytes");
+}

@@ -46,6 +46,12 @@
 //! copied. When the log file outgrows [`WAL_RESTART_BYTES`] the writer
 //! therefore runs one checkpoint itself between two groups, which copies
 //! the little that is left and lets the next commit restart the log.
+//!
+//! That size is kept small, and equal to `PRAGMA journal_size_limit`, so
+//! the log is one file of that size written over and over: writing into
+//! blocks the file already has (and that are in the page cache) costs the
+//! writer and the flush much less than growing the file, which makes the
+//! file system allocate blocks and journal the new size on every flush.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -66,15 +72,17 @@ pub(crate) const CHECKPOINT_EVERY: Duration = Duration::from_millis(20);
 
 /// How many commits the writer makes between two pokes of the
 /// checkpointer (SQLite's own default is about one checkpoint per 1000
-/// pages; a busy commit here writes 50 to 200).
-pub(crate) const CHECKPOINT_COMMITS: u64 = 16;
+/// pages; a busy commit here writes 50 to 200), so that little is left
+/// for the writer's own checkpoint at [`WAL_RESTART_BYTES`].
+pub(crate) const CHECKPOINT_COMMITS: u64 = 4;
 
 /// How long after the last commit the checkpointer copies what is left.
 pub(crate) const CHECKPOINT_IDLE: Duration = Duration::from_secs(1);
 
 /// The log size past which the writer checkpoints between two groups (the
-/// same as `PRAGMA journal_size_limit`, to which a restarted log shrinks).
-pub(crate) const WAL_RESTART_BYTES: u64 = 128 * 1024 * 1024;
+/// same as `PRAGMA journal_size_limit`, to which a restarted log shrinks,
+/// in `schema::connect`).
+pub(crate) const WAL_RESTART_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Where a caller's answer goes.
 pub(crate) type Reply = oneshot::Sender<Result<Answer, Error>>;
