@@ -54,25 +54,29 @@ enum Ending {
 /// problem ends in a settlement or a log line.
 pub(crate) async fn run(env: &Env, job: Job) -> Option<Settle> {
     let settlement = decide(env, &job).await?;
-    // The settlement takes the delivery's own lease: a clone would touch
-    // the queue name's reference count, which every runner shares.
-    let (delivery, _held) = *job;
-    Some(Box::new((delivery.lease, settlement)))
+    // The lease table let go of the job when the attempt ended, so the
+    // lease is usually moved out; a clone would touch the queue name's
+    // reference count, which every runner shares. A heartbeat that holds
+    // the job this very moment costs the clone.
+    let lease = match Arc::try_unwrap(job) {
+        Ok(held) => held.lease,
+        Err(shared) => shared.lease.clone(),
+    };
+    Some(Box::new((lease, settlement)))
 }
 
 /// Runs one delivery up to how it is to be settled.
-async fn decide(env: &Env, job: &Job) -> Option<Settlement> {
-    // Everything is borrowed from the box: moving a delivery from step to
+async fn decide(env: &Env, held: &Held) -> Option<Settlement> {
+    // Everything is borrowed from the job: moving a delivery from step to
     // step costs more than a no-op task itself.
-    let (delivery, held) = &**job;
-    let lease = &delivery.lease;
-    let deliveries = delivery.deliveries;
+    let lease = &held.lease;
+    let deliveries = held.deliveries;
     if env.soft.is_cancelled() {
         // Stopping: not started, so hand it back untouched.
         env.leases.remove(lease.token);
         return settlement(env, lease, None, Ending::Release, None).await;
     }
-    let message = match &delivery.message {
+    let message = match &held.message {
         Ok(m) => m,
         Err(e) => {
             env.leases.remove(lease.token);

@@ -13,14 +13,13 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use celeriac_core::Delivery;
 use tokio::sync::Notify;
 
 use super::lease::Held;
 
-/// One fetched delivery with its lease entry, boxed: moving a pointer is
-/// cheaper than moving a delivery (some 800 bytes) at each step.
-pub(crate) type Job = Box<(Delivery, Arc<Held>)>;
+/// One fetched delivery, shared with the lease table: moving a pointer is
+/// cheaper than moving a delivery at each step.
+pub(crate) type Job = Arc<Held>;
 
 /// The queue between the fetch loop and the runners, and the count of
 /// free slots (messages the worker may still take on).
@@ -189,34 +188,23 @@ impl State {
 mod tests {
     use std::time::Duration;
 
-    use celeriac_core::{Lease, Message};
+    use celeriac_core::{Delivery, Lease, Message};
 
     use super::super::lease::LeaseTable;
     use super::*;
 
     fn jobs(n: u64) -> Vec<Job> {
         let table = LeaseTable::new();
-        let leases = (1..=n).map(|token| Lease {
-            id: celeriac_core::TaskId::new(),
-            queue: Arc::from("q"),
-            token,
-            receipt: token,
-        });
-        let held = table.insert_many(leases);
-        held.into_iter()
-            .map(|h| {
-                let delivery = Delivery {
-                    message: Ok(std::sync::Arc::new(Message::new(
-                        "t",
-                        vec![],
-                        Default::default(),
-                    ))),
-                    lease: h.lease.clone(),
-                    deliveries: 1,
-                };
-                Box::new((delivery, h))
-            })
-            .collect()
+        table.insert_many((1..=n).map(|token| Delivery {
+            message: Ok(Arc::new(Message::new("t", vec![], Default::default()))),
+            lease: Lease {
+                id: celeriac_core::TaskId::new(),
+                queue: Arc::from("q"),
+                token,
+                receipt: token,
+            },
+            deliveries: 1,
+        }))
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,7 +216,7 @@ mod tests {
             runners.push(tokio::spawn(async move {
                 let mut got = Vec::new();
                 while let Some(job) = q.next(me).await {
-                    got.push(job.0.lease.token);
+                    got.push(job.lease.token);
                     tokio::task::yield_now().await;
                 }
                 got
@@ -266,7 +254,7 @@ mod tests {
             let tx = tx.clone();
             tokio::spawn(async move {
                 while let Some(job) = q.next(me).await {
-                    tx.send(job.0.lease.token).unwrap();
+                    tx.send(job.lease.token).unwrap();
                     // Each runner keeps its first job forever, as a long
                     // task would.
                     std::future::pending::<()>().await;

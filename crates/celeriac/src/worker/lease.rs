@@ -8,13 +8,19 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use celeriac_core::broker::DynBroker;
-use celeriac_core::{Lease, LeaseStatus};
+use celeriac_core::{Delivery, Error, Lease, LeaseStatus, Message};
 use tokio_util::sync::CancellationToken;
 
-/// One running attempt, as the heartbeat sees it.
+/// One held delivery, from its fetch to its settlement: what the runners
+/// take, and what the heartbeat renews. One allocation per delivery; the
+/// lease is moved in, not cloned.
 #[derive(Debug)]
 pub(crate) struct Held {
     pub(crate) lease: Lease,
+    /// The message, or why it could not be decoded.
+    pub(crate) message: Result<Arc<Message>, Error>,
+    /// Deliveries so far, this one included.
+    pub(crate) deliveries: u32,
     /// The task's cancellation signal.
     pub(crate) cancel: CancellationToken,
     /// Set when the broker reports the task revoked.
@@ -64,14 +70,16 @@ impl LeaseTable {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records a batch of fresh leases, each with its own cancellation
+    /// Records a batch of fresh deliveries, each with its own cancellation
     /// signal, under one lock, and returns them in order.
-    pub(crate) fn insert_many(&self, leases: impl Iterator<Item = Lease>) -> Vec<Arc<Held>> {
+    pub(crate) fn insert_many(&self, deliveries: impl Iterator<Item = Delivery>) -> Vec<Arc<Held>> {
         // Built before the lock, which runners settling tasks also take.
-        let held: Vec<Arc<Held>> = leases
-            .map(|lease| {
+        let held: Vec<Arc<Held>> = deliveries
+            .map(|d| {
                 Arc::new(Held {
-                    lease,
+                    lease: d.lease,
+                    message: d.message,
+                    deliveries: d.deliveries,
                     cancel: CancellationToken::new(),
                     revoked: AtomicBool::new(false),
                     lost: AtomicBool::new(false),
@@ -141,19 +149,23 @@ mod tests {
     use super::*;
     use celeriac_core::TaskId;
 
-    fn lease(token: u64) -> Lease {
-        Lease {
-            id: TaskId::new(),
-            queue: Arc::from("q"),
-            token,
-            receipt: token,
+    fn delivery(token: u64) -> Delivery {
+        Delivery {
+            message: Ok(Arc::new(Message::new("t", vec![], Default::default()))),
+            lease: Lease {
+                id: TaskId::new(),
+                queue: Arc::from("q"),
+                token,
+                receipt: token,
+            },
+            deliveries: 1,
         }
     }
 
     #[test]
     fn insert_many_keeps_order_and_each_entry_is_removable() {
         let table = LeaseTable::new();
-        let held = table.insert_many((1..=3).map(lease));
+        let held = table.insert_many((1..=3).map(delivery));
         let tokens: Vec<u64> = held.iter().map(|h| h.lease.token).collect();
         assert_eq!(tokens, vec![1, 2, 3]);
         assert_eq!(table.snapshot().len(), 3);

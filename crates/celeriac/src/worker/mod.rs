@@ -481,8 +481,7 @@ async fn dispatch(
         }
     }
     // One lock of the lease table for the whole batch, not one each.
-    let held = leases.insert_many(deliveries.iter().map(|d| d.lease.clone()));
-    jobs.push(deliveries.into_iter().zip(held).map(Box::new));
+    jobs.push(leases.insert_many(deliveries.into_iter()));
     jobs.unreserve(unused);
 }
 
