@@ -86,16 +86,16 @@ impl Settler {
     /// runner becomes a flusher, once the queue is empty.
     pub(crate) async fn submit(&self, settle: Settle) {
         let mut item = Some(settle);
-        let batch = loop {
+        let (own, batch) = loop {
             let room = self.room.notified();
             tokio::pin!(room);
             {
                 let mut s = self.lock();
                 if s.flushing < FLUSHERS {
                     s.flushing += 1;
-                    let mut batch = std::mem::take(&mut s.queue);
-                    batch.extend(item.take());
-                    break batch;
+                    // Taking an empty queue allocates nothing: a worker
+                    // that keeps up settles each attempt on its own.
+                    break (item.take(), std::mem::take(&mut s.queue));
                 }
                 if s.queue.len() < self.max_queued {
                     s.queue.extend(item.take());
@@ -106,23 +106,29 @@ impl Settler {
             }
             room.await;
         };
-        if batch.len() > 1 {
+        if !batch.is_empty() {
             self.room.notify_waiters();
         }
-        self.flush(batch).await;
+        self.flush(own, batch).await;
     }
 
-    /// Settles `batch`, then whatever was queued meanwhile, until the
-    /// queue is empty.
-    async fn flush(&self, mut batch: Vec<Settle>) {
+    /// Settles `own` with `batch`, then whatever was queued meanwhile,
+    /// until the queue is empty.
+    async fn flush(&self, mut own: Option<Settle>, mut batch: Vec<Settle>) {
         loop {
-            if batch.len() == 1 {
-                if let Some(own) = batch.pop() {
+            if batch.is_empty() {
+                if let Some(own) = own.take() {
                     let (lease, settlement) = *own;
                     self.settle_one(&lease, settlement).await;
                 }
+            } else if batch.len() == 1 && own.is_none() {
+                if let Some(one) = batch.pop() {
+                    let (lease, settlement) = *one;
+                    self.settle_one(&lease, settlement).await;
+                }
             } else {
-                let settles: Vec<(Lease, Settlement)> = batch.drain(..).map(|b| *b).collect();
+                let settles: Vec<(Lease, Settlement)> =
+                    batch.drain(..).chain(own.take()).map(|b| *b).collect();
                 self.settle(&settles).await;
             }
             {
