@@ -1,13 +1,13 @@
 //! Connections: one multiplexed, self-reconnecting connection for every
-//! command (concurrent calls are pipelined on it), and a pool of dedicated
-//! connections for the blocking commands that wake idle fetches.
+//! command (concurrent calls are pipelined on it), and dedicated
+//! connections for the blocking commands that wake idle fetches (one per
+//! watched key, held by its watcher in [`crate::wake`]).
 //!
 //! A dropped connection fails the commands in flight with a `Transient`
 //! error and is re-established with exponential backoff by the `redis`
 //! crate's `ConnectionManager`; every command has a response timeout, so
 //! nothing hangs on a dead server.
 
-use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use celeriac_core::{Error, ErrorKind};
@@ -23,22 +23,16 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The most idle blocking connections kept for reuse.
-const POOL_MAX: usize = 64;
-
-/// A dedicated connection for blocking commands, with its server-side id
-/// (for `CLIENT UNBLOCK`).
+/// A dedicated connection for blocking commands.
 #[derive(Clone)]
 pub(crate) struct Blocker {
     pub conn: MultiplexedConnection,
-    pub id: i64,
 }
 
 /// The connections of one broker.
 pub(crate) struct Conn {
     manager: ConnectionManager,
     client: redis::Client,
-    idle: Mutex<Vec<Blocker>>,
 }
 
 impl Conn {
@@ -63,11 +57,7 @@ impl Conn {
         let manager = ConnectionManager::new_with_config(client.clone(), config)
             .await
             .map_err(|e| redis_error(e, &format!("connecting to {shown}")))?;
-        Ok(Conn {
-            manager,
-            client,
-            idle: Mutex::new(Vec::new()),
-        })
+        Ok(Conn { manager, client })
     }
 
     /// Returns a handle on the shared connection.
@@ -80,40 +70,19 @@ impl Conn {
         self.client.clone()
     }
 
-    /// Takes an idle blocking connection, or opens one.
+    /// Opens a connection for blocking commands.
     pub async fn blocker(&self) -> Result<Blocker, Error> {
-        let reused = self
-            .idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop();
-        if let Some(b) = reused {
-            return Ok(b);
-        }
         // No response timeout: blocking commands carry their own, and the
         // caller bounds the wait with a timer of its own as well.
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(None);
-        let mut conn = self
+        let conn = self
             .client
             .get_multiplexed_async_connection_with_config(&config)
             .await
             .map_err(|e| redis_error(e, "opening a connection for wake-ups"))?;
-        let id: i64 = redis::cmd("CLIENT")
-            .arg("ID")
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| redis_error(e, "CLIENT ID"))?;
-        Ok(Blocker { conn, id })
-    }
-
-    /// Returns a blocking connection whose last command completed.
-    pub fn give_back(&self, b: Blocker) {
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        if idle.len() < POOL_MAX {
-            idle.push(b);
-        }
+        Ok(Blocker { conn })
     }
 }
 

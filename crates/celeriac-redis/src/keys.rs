@@ -9,7 +9,6 @@
 //! | `unacked_index` | zset | delivery tag → lease end − visibility timeout |
 //! | `unacked_mutex` | string | kombu's restore lock |
 //! | `celeriac.attempts` | hash | delivery tag → `"<token> <score> <deliveries>"`: the attempt that holds it; plus the field `celeriac.encoding` (see below) |
-//! | `celeriac.tokens` | hash | token → delivery tag; plus the field `celeriac.encoding` |
 //! | `celeriac.token` | string | the fencing-token counter |
 //! | `celeriac.delayed.<queue>` | zset | delivery tag → eta (unix seconds) of held delayed messages |
 //! | `celeriac.wake.<queue>` | list | a signal to waiting fetches: a delayed message was published |
@@ -17,11 +16,14 @@
 //! | `celeriac.revoked` | zset | task id → when the revocation is forgotten |
 //! | `celeriac.queues` | set | queue names published or consumed through celeriac |
 //!
-//! The claim keeps a field `celeriac.encoding` in `celeriac.attempts` and
-//! `celeriac.tokens` whose value is longer than Redis'
-//! `hash-max-listpack-value`, so both stay hashtables: as listpacks (up to
-//! 128 fields) each field access scans the whole hash. In
-//! `celeriac.attempts` it reads as a record that holds nothing.
+//! The claim keeps a field `celeriac.encoding` in `celeriac.attempts` whose
+//! value is longer than Redis' `hash-max-listpack-value`, so the hash stays
+//! a hashtable: as a listpack (up to 128 fields) each field access scans
+//! the whole hash. It reads as a record that holds nothing.
+//!
+//! There is no token → tag index in Redis: the process that claimed a
+//! message keeps its tag beside its token ([`crate::held`]), and every
+//! fencing check names both.
 
 use crate::config::Config;
 
@@ -44,8 +46,6 @@ pub(crate) struct Keys {
     pub unacked_mutex: String,
     /// celeriac's attempt records.
     pub attempts: String,
-    /// celeriac's token index.
-    pub tokens: String,
     /// celeriac's token counter.
     pub token_seq: String,
     /// celeriac's dead letters.
@@ -75,7 +75,6 @@ impl Keys {
             unacked_index: format!("{p}{}", cfg.unacked_index_key),
             unacked_mutex: format!("{p}{}", cfg.unacked_mutex_key),
             attempts: format!("{p}celeriac.attempts"),
-            tokens: format!("{p}celeriac.tokens"),
             token_seq: format!("{p}celeriac.token"),
             dead: format!("{p}celeriac.dead"),
             revoked: format!("{p}celeriac.revoked"),

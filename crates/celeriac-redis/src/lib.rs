@@ -88,6 +88,7 @@ mod broker;
 mod config;
 mod conn;
 mod fetch;
+mod held;
 mod publish;
 mod scripts;
 mod settle;
@@ -131,6 +132,10 @@ struct Inner {
     swept: std::sync::atomic::AtomicBool,
     /// Settlements waiting to be sent together.
     batcher: settle::Batcher,
+    /// The delivery tags this process's attempts hold.
+    held: held::Held,
+    /// The watchers that wake idle fetches.
+    watchers: wake::Watchers,
 }
 
 impl std::fmt::Debug for RedisBroker {
@@ -260,6 +265,7 @@ impl RedisBrokerBuilder {
             cfg.apply(name, value)?;
         }
         let keys = Keys::new(&cfg);
+        let held = held::Held::new(&cfg.url, &keys.prefix);
         let conn = Conn::open(&cfg).await?;
         let results = ResultStore::new(
             conn.manager(),
@@ -276,6 +282,8 @@ impl RedisBrokerBuilder {
                 rotation: AtomicUsize::new(0),
                 swept: std::sync::atomic::AtomicBool::new(false),
                 batcher: settle::Batcher::default(),
+                held,
+                watchers: wake::Watchers::default(),
             }),
         })
     }

@@ -61,7 +61,6 @@ pub(crate) fn invocation<'a>(
     inv.key(&keys.unacked)
         .key(&keys.unacked_index)
         .key(&keys.attempts)
-        .key(&keys.tokens)
         .key(&keys.token_seq)
         .key(&keys.dead)
         .key(&keys.revoked)

@@ -190,11 +190,15 @@ async fn flush(inner: Arc<Inner>) {
 /// Settles attempts in one script call, returning for each whether its
 /// lease was held (and it is now settled).
 pub(crate) async fn settle_many(inner: &Inner, ops: Vec<(Lease, Op)>) -> Result<Vec<bool>, Error> {
+    // The tag each attempt holds; one this process never claimed (or
+    // already settled) is sent as "", which holds nothing.
+    let tags: Vec<Option<Arc<str>>> = ops.iter().map(|(l, _)| inner.held.get(l.token)).collect();
     // Releases first read what they hand back.
-    let releases: Vec<u64> = ops
+    let releases: Vec<(u64, &str)> = ops
         .iter()
-        .filter(|(_, op)| matches!(op, Op::Release))
-        .map(|(l, _)| l.token)
+        .zip(&tags)
+        .filter(|((_, op), _)| matches!(op, Op::Release))
+        .map(|((l, _), tag)| (l.token, tag.as_deref().unwrap_or("")))
         .collect();
     let mut held_values = if releases.is_empty() {
         Vec::new()
@@ -210,31 +214,29 @@ pub(crate) async fn settle_many(inner: &Inner, ops: Vec<(Lease, Op)>) -> Result<
         &inner.keys,
         inner.cfg.visibility_timeout.as_secs_f64(),
     );
-    let empty: &[u8] = b"";
-    for (lease, op) in &ops {
+    for ((lease, op), tag) in ops.iter().zip(&tags) {
         let (kind, result) = match op {
-            Op::Ack(r) => ("a", r.as_ref()),
-            Op::Retry(_, r) => ("r", r.as_ref()),
-            Op::Release => ("l", None),
-            Op::DeadLetter(_, r) => ("d", r.as_ref()),
+            Op::Ack(r) => ('a', r.as_ref()),
+            Op::Retry(_, r) => ('r', r.as_ref()),
+            Op::Release => ('l', None),
+            Op::DeadLetter(_, r) => ('d', r.as_ref()),
         };
-        inv.arg(kind).arg(lease.token);
-        match result {
-            Some(r) => {
-                inv.arg(inner.results.key(&r.task_id))
-                    .arg(inner.results.expiry_ms())
-                    .arg(encode_result(r)?);
-            }
-            None => {
-                inv.arg(empty).arg(0).arg(empty);
-            }
+        // Upper case: a result follows.
+        let kind = if result.is_some() {
+            kind.to_ascii_uppercase()
+        } else {
+            kind
+        };
+        inv.arg(kind.encode_utf8(&mut [0; 4]).as_bytes())
+            .arg(lease.token)
+            .arg(tag.as_deref().unwrap_or(""));
+        if let Some(r) = result {
+            inv.arg(inner.results.key(&r.task_id))
+                .arg(inner.results.expiry_ms())
+                .arg(encode_result(r)?);
         }
         match op {
-            Op::Ack(_) => {
-                for _ in 0..6 {
-                    inv.arg(empty);
-                }
-            }
+            Op::Ack(_) => {}
             Op::Retry(next, _) => {
                 for part in prepare(inner, next, now)? {
                     inv.arg(part);
@@ -252,9 +254,6 @@ pub(crate) async fn settle_many(inner: &Inner, ops: Vec<(Lease, Op)>) -> Result<
                     (inner.keys.list_for(&lease.queue, priority), again)
                 };
                 inv.arg(key).arg(env);
-                for _ in 0..4 {
-                    inv.arg(empty);
-                }
             }
             Op::DeadLetter(reason, _) => {
                 let meta = serde_json::json!({
@@ -265,9 +264,6 @@ pub(crate) async fn settle_many(inner: &Inner, ops: Vec<(Lease, Op)>) -> Result<
                     "wrapped": true,
                 });
                 inv.arg(meta.to_string());
-                for _ in 0..5 {
-                    inv.arg(empty);
-                }
             }
         }
     }
@@ -276,19 +272,22 @@ pub(crate) async fn settle_many(inner: &Inner, ops: Vec<(Lease, Op)>) -> Result<
         .invoke_async(&mut conn)
         .await
         .map_err(|e| redis_error(e, "settling"))?;
+    // Settled or not held: either way the attempt is over.
+    inner.held.remove_all(ops.iter().map(|(l, _)| l.token));
     Ok(reply.into_iter().map(|n| n == 1).collect())
 }
 
-/// Returns the unacked value each token holds (empty when not held).
-async fn peek(inner: &Inner, tokens: &[u64]) -> Result<Vec<Vec<u8>>, Error> {
+/// Returns the unacked value each attempt (token, tag) holds (empty when
+/// not held).
+async fn peek(inner: &Inner, attempts: &[(u64, &str)]) -> Result<Vec<Vec<u8>>, Error> {
     let s = scripts();
     let mut inv = invocation(
         &s.peek,
         &inner.keys,
         inner.cfg.visibility_timeout.as_secs_f64(),
     );
-    for t in tokens {
-        inv.arg(*t);
+    for (token, tag) in attempts {
+        inv.arg(*token).arg(*tag);
     }
     let mut conn = inner.conn.manager();
     let reply: Value = inv
@@ -321,7 +320,10 @@ pub(crate) async fn extend(
     );
     inv.arg(by.as_secs_f64());
     for l in leases {
-        inv.arg(l.token).arg(l.id.as_str());
+        let tag = inner.held.get(l.token);
+        inv.arg(l.token)
+            .arg(tag.as_deref().unwrap_or(""))
+            .arg(l.id.as_str());
     }
     let mut conn = inner.conn.manager();
     let reply: Value = inv

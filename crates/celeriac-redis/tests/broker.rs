@@ -370,8 +370,11 @@ async fn settle_many_fences_each_settlement() {
     assert_eq!(stored.result, json!(5));
     let left: usize = fx.raw.hlen(fx.key("unacked")).await.unwrap();
     assert_eq!(left, 0);
-    // Only the claim's encoding field is left in celeriac's hashes.
-    for key in ["celeriac.tokens", "celeriac.attempts"] {
+    // Only the claim's encoding field is left in the attempt records, and
+    // no token index is kept in Redis.
+    let tokens: bool = fx.raw.exists(fx.key("celeriac.tokens")).await.unwrap();
+    assert!(!tokens);
+    for key in ["celeriac.attempts"] {
         let fields: Vec<String> = fx.raw.hkeys(fx.key(key)).await.unwrap();
         assert_eq!(fields, vec!["celeriac.encoding".to_owned()], "{key}");
         let encoding: String = redis::cmd("OBJECT")

@@ -174,7 +174,7 @@ if n > 0 then
     end
   end
   local first = redis.call('INCRBY', K_SEQ, n) - n
-  local unacked, index, records, tokens, stale = {}, {}, {}, {}, {}
+  local unacked, index, records = {}, {}, {}
   for i = 1, n do
     local e = taken[i]
     local tag, wrapped = e[2], e[3]
@@ -188,20 +188,16 @@ if n > 0 then
     end
     -- Only a message that was delivered before has a record (and then it
     -- carries kombu's redelivered mark, or sat in the delayed set).
-    local dl = 0
+    local dl = 1
     if wrapped == 1 or marked(e[4]) then
-      local tok, _, d = read_record(tag)
-      if tok and tok ~= '0' then stale[#stale + 1] = tok end
-      dl = d or 0
+      local _, _, d = read_record(tag)
+      dl = (d or 0) + 1
     end
-    dl = dl + 1
     local token = first + i
     index[#index + 1] = score
     index[#index + 1] = tag
     records[#records + 1] = tag
-    records[#records + 1] = token .. ' ' .. score .. ' ' .. dl
-    tokens[#tokens + 1] = token
-    tokens[#tokens + 1] = tag
+    records[#records + 1] = token .. ' ' .. score .. (dl == 1 and ' 1' or (' ' .. dl))
     out[#out + 1] = e[1]
     out[#out + 1] = tag
     out[#out + 1] = token
@@ -218,20 +214,15 @@ if n > 0 then
     end
   end
   -- A field whose value is longer than Redis' hash-max-listpack-value
-  -- (64 by default) keeps celeriac's two hashes hashtables for good:
-  -- as listpacks (up to 128 fields, about the attempts in flight) every
+  -- (64 by default) keeps celeriac's attempts hash a hashtable for good:
+  -- as a listpack (up to 128 fields, about the attempts in flight) every
   -- HGET, HSET and HDEL scans the whole hash. It reads as a record that
-  -- holds nothing, and is no token.
-  local big = '0 0 0 celeriac: a value longer than hash-max-listpack-value keeps this hash a hashtable'
+  -- holds nothing.
   records[#records + 1] = 'celeriac.encoding'
-  records[#records + 1] = big
-  tokens[#tokens + 1] = 'celeriac.encoding'
-  tokens[#tokens + 1] = big
+  records[#records + 1] = '0 0 0 celeriac: a value longer than hash-max-listpack-value keeps this hash a hashtable'
   each('HSET', K_UNACKED, unacked)
   each('ZADD', K_INDEX, index)
   each('HSET', K_ATTEMPTS, records)
-  each('HSET', K_TOKENS, tokens)
-  each('HDEL', K_TOKENS, stale)
 end
 
 local next_due = nil

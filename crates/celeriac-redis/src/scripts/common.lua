@@ -1,7 +1,7 @@
 -- Shared by every celeriac script (prepended to each one).
 --
--- KEYS: 1 unacked, 2 unacked_index, 3 celeriac.attempts, 4 celeriac.tokens,
---       5 celeriac.token, 6 celeriac.dead, 7 celeriac.revoked, 8 celeriac.queues
+-- KEYS: 1 unacked, 2 unacked_index, 3 celeriac.attempts, 4 celeriac.token,
+--       5 celeriac.dead, 6 celeriac.revoked, 7 celeriac.queues
 -- ARGV: 1 global_keyprefix, 2 sep, 3 priority steps "0,3,6,9", 4 visibility
 --       timeout in seconds; each script's own arguments follow from ARGV[5].
 --
@@ -22,8 +22,8 @@
 -- and whole numbers are stored as integers that need no parsing; that
 -- makes a claim several times cheaper.
 
-local K_UNACKED, K_INDEX, K_ATTEMPTS, K_TOKENS = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local K_SEQ, K_DEAD, K_REVOKED, K_QUEUES = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local K_UNACKED, K_INDEX, K_ATTEMPTS = KEYS[1], KEYS[2], KEYS[3]
+local K_SEQ, K_DEAD, K_REVOKED, K_QUEUES = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local PREFIX, SEP, VT = ARGV[1], ARGV[2], tonumber(ARGV[4])
 local STEPS = {}
 for s in string.gmatch(ARGV[3], '%d+') do STEPS[#STEPS + 1] = tonumber(s) end
@@ -66,28 +66,18 @@ local function write_record(tag, token, score, deliveries)
   redis.call('HSET', K_ATTEMPTS, tag, token .. ' ' .. score .. ' ' .. deliveries)
 end
 
--- Returns the tag and deliveries of the message the attempt `token` holds,
--- or nil when it holds none (and forgets the token then).
-local function holder(token)
-  local tag = redis.call('HGET', K_TOKENS, token)
-  if not tag then return nil end
+-- Returns the deliveries of the message `tag` when the attempt `token`
+-- holds it, or nil. (The worker that claimed a message remembers its tag
+-- with its token, so a fencing check reads only the tag's own entries.)
+local function holder(tag, token)
   local tok, score, dl = read_record(tag)
   if tok == token then
     local s = redis.call('ZSCORE', K_INDEX, tag)
-    if s and tonumber(s) == tonumber(score) then
-      return tag, dl
+    if s and (s == score or tonumber(s) == tonumber(score)) then
+      return dl
     end
   end
-  redis.call('HDEL', K_TOKENS, token)
   return nil
-end
-
--- Removes a held message from kombu's and celeriac's bookkeeping.
-local function forget(tag, token)
-  redis.call('ZREM', K_INDEX, tag)
-  redis.call('HDEL', K_UNACKED, tag)
-  redis.call('HDEL', K_ATTEMPTS, tag)
-  redis.call('HDEL', K_TOKENS, token)
 end
 
 -- Pushes values onto the left of a list (publish order is kept: the first

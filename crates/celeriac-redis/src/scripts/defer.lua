@@ -5,19 +5,19 @@
 -- (plus grace) while nobody has to renew it. The claim does not count as a
 -- delivery.
 --
--- ARGV[5] grace (seconds), then triples (token, queue, eta in unix seconds).
+-- ARGV[5] grace (seconds), then per message: token, delivery tag, queue,
+-- eta in unix seconds.
 -- Returns one integer per message: 1 held, 0 the lease was lost.
 
 local grace = tonumber(ARGV[5])
 local out = {}
-for i = 6, #ARGV, 3 do
-  local token, queue, eta = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local tag, dl = holder(token)
-  if not tag then
+for i = 6, #ARGV, 4 do
+  local token, tag, queue, eta = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local dl = holder(tag, token)
+  if not dl then
     out[#out + 1] = 0
   else
     local score = fmt(math.ceil(tonumber(eta) + grace - VT))
-    redis.call('HDEL', K_TOKENS, token)
     redis.call('ZADD', K_INDEX, score, tag)
     write_record(tag, '0', score, math.max(dl - 1, 0))
     redis.call('ZADD', delayed_key(queue), eta, tag)

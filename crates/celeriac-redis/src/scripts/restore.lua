@@ -30,10 +30,7 @@ while i <= #ARGV do
       redis.call('HDEL', K_UNACKED, tag)
       for j = 1, k do redis.call('RPUSH', ARGV[i + 6 + j], env) end
       if dq ~= '' then redis.call('ZREM', delayed_key(dq), tag) end
-      if tok then
-        redis.call('HDEL', K_TOKENS, tok)
-        write_record(tag, '0', '0', dl)
-      end
+      if tok then write_record(tag, '0', '0', dl) end
     else
       local value = redis.call('HGET', K_UNACKED, tag)
       if value and meta ~= '' then redis.call('RPUSH', K_DEAD, meta .. '\n' .. value) end

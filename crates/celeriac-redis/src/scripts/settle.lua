@@ -2,79 +2,77 @@
 -- in the same atomic step. Many settlements of one handle are batched into
 -- one call; the removals are written with one command per key at the end.
 --
--- ARGV[5..]: 11 fields per settlement: kind, token, result key, result
--- expiry in ms, result payload ('' for none), then by kind:
---   'a' ack:         (unused x6)
+-- ARGV[5..]: per settlement: kind, token, delivery tag; when the kind is
+-- upper case (a result is stored), result key, result expiry in ms, result
+-- payload; then by kind:
+--   'a' ack:         nothing
 --   'r' retry:       next kind ('r' | 'd'), next key, next tag, next eta,
 --                    next unacked_index score, next value (as publish.lua)
---   'l' release:     list key, redelivered envelope (unused x4)
---   'd' dead letter: dead-letter metadata JSON (unused x5)
+--   'l' release:     list key, redelivered envelope
+--   'd' dead letter: dead-letter metadata JSON
 --
 -- Returns one integer per settlement: 1 settled, 0 the lease is not held.
 
--- The fencing check of every settlement, with three reads for the whole
--- batch (as holder() in common.lua checks one): the token's tag, the
--- tag's record, the tag's unacked_index score.
-local want = {}
-for i = 5, #ARGV, 11 do want[#want + 1] = ARGV[i + 1] end
-local held_tags = redis.call('HMGET', K_TOKENS, unpack(want))
-local known = {}
-for j = 1, #want do
-  if held_tags[j] then known[#known + 1] = held_tags[j] end
-end
-local recs, scores = {}, {}
-if #known > 0 then
-  local r = redis.call('HMGET', K_ATTEMPTS, unpack(known))
-  local z = redis.call('ZMSCORE', K_INDEX, unpack(known))
-  for j = 1, #known do
-    recs[known[j]], scores[known[j]] = r[j] or false, z[j] or false
-  end
-end
+local EXTRA = {a = 0, r = 6, l = 2, d = 1}
 
-local out = {}
-local tags, tokens, records = {}, {}, {}
-local settled = {}
+-- Where each settlement starts, and its tag.
+local starts, want = {}, {}
 local i = 5
 while i <= #ARGV do
-  local kind, token = ARGV[i], ARGV[i + 1]
-  local tag, dl = held_tags[(i - 5) / 11 + 1], nil
-  if tag then
-    local rec, s = recs[tag], scores[tag]
-    local tok, score, d
-    if rec then tok, score, d = string.match(rec, '^(%S+) (%S+) (%d+)$') end
-    if tok == token and s and tonumber(s) == tonumber(score) then
-      dl = tonumber(d)
-    else
-      tag = nil
+  local kind = ARGV[i]
+  local lower = string.lower(kind)
+  local extra = EXTRA[lower]
+  if not extra then return redis.error_reply('unknown settlement kind ' .. kind) end
+  starts[#starts + 1] = i
+  want[#want + 1] = ARGV[i + 2]
+  i = i + 3 + (kind ~= lower and 3 or 0) + extra
+end
+if #want == 0 then return {} end
+
+-- The fencing check of every settlement (as holder() in common.lua checks
+-- one), with two reads for the whole batch: the tags' records and their
+-- unacked_index scores.
+local recs = redis.call('HMGET', K_ATTEMPTS, unpack(want))
+local scores = redis.call('ZMSCORE', K_INDEX, unpack(want))
+
+local out = {}
+local tags, records = {}, {}
+local settled = {}
+for j, at in ipairs(starts) do
+  local kind, token, tag = ARGV[at], ARGV[at + 1], ARGV[at + 2]
+  local lower = string.lower(kind)
+  local rec, s = recs[j], scores[j]
+  local dl
+  if rec and s and not settled[tag] then
+    local tok, score, d = string.match(rec, '^(%S+) (%S+) (%d+)$')
+    if tok == token and (s == score or tonumber(s) == tonumber(score)) then
+      dl = d
     end
   end
-  if not tag or settled[tag] then
-    -- Not held (or settled earlier in this batch): forget the token.
-    if not tag then tokens[#tokens + 1] = token end
+  if not dl then
     out[#out + 1] = 0
   else
-    if kind == 'd' then
-      local value = redis.call('HGET', K_UNACKED, tag) or ''
-      redis.call('RPUSH', K_DEAD, ARGV[i + 5] .. '\n' .. value)
+    local x = at + 3
+    if kind ~= lower then
+      celeriac_store_result(ARGV[x], ARGV[x + 2], tonumber(ARGV[x + 1]))
+      x = x + 3
     end
-    settled[tag] = true
-    tags[#tags + 1] = tag
-    tokens[#tokens + 1] = token
-    if kind == 'l' then
+    if lower == 'd' then
+      local value = redis.call('HGET', K_UNACKED, tag) or ''
+      redis.call('RPUSH', K_DEAD, ARGV[x] .. '\n' .. value)
+    elseif lower == 'l' then
       -- Back to the front of its list, as kombu's restore does; the record
       -- keeps the delivery count for the next claim.
       records[#records + 1] = tag
       records[#records + 1] = '0 0 ' .. dl
-      redis.call('RPUSH', ARGV[i + 5], ARGV[i + 6])
-    elseif kind == 'r' then
-      put(ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], ARGV[i + 8], ARGV[i + 9], ARGV[i + 10])
+      redis.call('RPUSH', ARGV[x], ARGV[x + 1])
+    elseif lower == 'r' then
+      put(ARGV[x], ARGV[x + 1], ARGV[x + 2], ARGV[x + 3], ARGV[x + 4], ARGV[x + 5])
     end
-    if ARGV[i + 4] ~= '' then
-      celeriac_store_result(ARGV[i + 2], ARGV[i + 4], tonumber(ARGV[i + 3]))
-    end
+    settled[tag] = true
+    tags[#tags + 1] = tag
     out[#out + 1] = 1
   end
-  i = i + 11
 end
 if #tags > 0 then
   redis.call('ZREM', K_INDEX, unpack(tags))
@@ -82,5 +80,4 @@ if #tags > 0 then
   redis.call('HDEL', K_ATTEMPTS, unpack(tags))
   if #records > 0 then redis.call('HSET', K_ATTEMPTS, unpack(records)) end
 end
-if #tokens > 0 then redis.call('HDEL', K_TOKENS, unpack(tokens)) end
 return out
