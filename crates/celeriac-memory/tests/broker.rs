@@ -574,7 +574,10 @@ async fn settle_many_fences_each_settlement_and_stores_results() {
             Some(ErrorKind::LeaseLost)
         ]
     );
-    assert_eq!(b.get(&done).await.unwrap().unwrap().result, serde_json::json!(7));
+    assert_eq!(
+        b.get(&done).await.unwrap().unwrap().result,
+        serde_json::json!(7)
+    );
     // The fenced-out one is still leased; the released one is ready again.
     let stats = b.queue_stats().await.unwrap();
     assert_eq!(
