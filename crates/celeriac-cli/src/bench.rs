@@ -44,6 +44,11 @@ pub struct BenchArgs {
     /// Messages per batch in the batched enqueue phase.
     #[arg(long, default_value_t = 1000)]
     batch: usize,
+    /// Concurrent senders in the batched enqueue phase, each sending one
+    /// batch at a time (more than one lets the broker store one batch while
+    /// the next is encoded, as concurrent producers do).
+    #[arg(long, default_value_t = 1)]
+    batch_senders: usize,
     /// Prints one JSON object on the last line.
     #[arg(long)]
     json: bool,
@@ -202,29 +207,44 @@ pub async fn run(url: &str, args: BenchArgs) -> Result<()> {
     eprintln!("enqueue (one by one): {enqueue_per_s:.0} tasks/s");
     app.broker().purge(SINGLE_QUEUE).await?;
 
-    // Batched: the drain phase's tasks.
+    // Batched: the drain phase's tasks, in batches taken in turn by
+    // `batch_senders` senders.
     let pb = bar(n as u64, "batch", quiet);
     let started = Instant::now();
-    let mut i = 0u64;
-    while (i as usize) < n {
-        let end = (i as usize + args.batch).min(n) as u64;
-        let calls = (i..end).map(|k| {
-            Noop::s((k,))
-                .queue(DRAIN_QUEUE)
-                .ignore_result(!args.results)
-        });
-        let messages = calls
-            .map(|c| c.into_message(&app))
-            .collect::<Result<Vec<_>, _>>()?;
-        app.publish(messages).await?;
-        pb.inc(end - i);
-        i = end;
+    let next = std::sync::Arc::new(AtomicU64::new(0));
+    let mut joins = Vec::new();
+    for _ in 0..args.batch_senders.max(1) {
+        let (app, pb, next) = (app.clone(), pb.clone(), next.clone());
+        let (batch, results) = (args.batch as u64, args.results);
+        joins.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(batch, Ordering::Relaxed);
+                if i >= n as u64 {
+                    return Ok::<_, celeriac::Error>(());
+                }
+                let end = (i + batch).min(n as u64);
+                let messages = (i..end)
+                    .map(|k| {
+                        Noop::s((k,))
+                            .queue(DRAIN_QUEUE)
+                            .ignore_result(!results)
+                            .into_message(&app)
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                app.publish(messages).await?;
+                pb.inc(end - i);
+            }
+        }));
+    }
+    for j in joins {
+        j.await??;
     }
     let enqueue_batch_per_s = n as f64 / started.elapsed().as_secs_f64();
     pb.finish_and_clear();
     eprintln!(
-        "enqueue (batches of {}): {enqueue_batch_per_s:.0} tasks/s",
-        args.batch
+        "enqueue (batches of {}, {} sender(s)): {enqueue_batch_per_s:.0} tasks/s",
+        args.batch,
+        args.batch_senders.max(1)
     );
 
     // Drain by one worker in this process.

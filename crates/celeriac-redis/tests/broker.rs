@@ -387,6 +387,58 @@ async fn settle_many_fences_each_settlement() {
     }
 }
 
+/// Many idle fetches share one watcher per list key: each raw `LPUSH` (as
+/// a Python producer sends) wakes them, every message goes to exactly one
+/// fetch, and no fetch sits out its wait, however the pushes interleave
+/// with the fetches parking, waking and claiming again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_fetches_share_watchers_and_each_push_is_claimed_once() {
+    let Some(mut fx) = Fx::new("idle_fetches_share_watchers").await else {
+        return;
+    };
+    const FETCHES: usize = 8;
+    let wait = Duration::from_secs(60);
+    let started = Instant::now();
+    let mut joins = Vec::new();
+    for _ in 0..FETCHES {
+        let broker = fx.broker.clone();
+        let req = fx.req(1, Duration::from_secs(60), wait);
+        joins.push(tokio::spawn(
+            async move { broker.fetch(&req).await.unwrap() },
+        ));
+    }
+    let mut sent = HashSet::new();
+    for i in 0..FETCHES {
+        let id = format!("watch-{i}");
+        let env = py_envelope(&fx.queue, py_headers(&id), PY_BODY, &format!("tag-{i}"));
+        let list = fx.list(0);
+        let _: () = fx.raw.lpush(list, env).await.unwrap();
+        sent.insert(id);
+        tokio::task::yield_now().await;
+    }
+    let mut got = HashSet::new();
+    for j in joins {
+        let ds = j.await.unwrap();
+        assert_eq!(ds.len(), 1, "each fetch of max 1 gets one message");
+        for d in ds {
+            assert!(
+                got.insert(d.lease.id.as_str().to_owned()),
+                "delivered twice"
+            );
+            fx.broker
+                .settle(&d.lease, Settlement::Ack { result: None })
+                .await
+                .unwrap();
+        }
+    }
+    assert_eq!(got, sent);
+    assert!(
+        started.elapsed() < wait / 2,
+        "a fetch waited out its wait: a wake-up was lost ({:?})",
+        started.elapsed()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sweep_restores_an_old_entry_and_leaves_a_fresh_one() {
     let Some(mut fx) = Fx::new("sweep").await else {
