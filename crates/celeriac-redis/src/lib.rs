@@ -52,9 +52,16 @@
 //!   celeriac's) restores a message exactly when its lease ends, and
 //!   [`extend`](celeriac_core::Broker::extend) moves that score: a long task
 //!   is never restored by anyone while its worker lives.
-//! * **Fencing.** Every claim takes a fresh token; settle and extend scripts
-//!   refuse a token whose attempt no longer holds the message (restored by
-//!   any sweep, or claimed again, also by a Python worker).
+//! * **Fencing.** Every claim takes a fresh token, written in the message's
+//!   attempt record (`celeriac.attempts`, keyed by delivery tag) with its
+//!   `unacked_index` score. The claiming process remembers each token's tag,
+//!   so settle and extend scripts check the record and the score of that
+//!   one tag, and refuse a token whose attempt no longer holds the message
+//!   (restored by any sweep, or claimed again, also by a Python worker).
+//! * **Wake-ups without polling.** Idle fetches share one watcher per list
+//!   key, a `BLMOVE key key RIGHT RIGHT` (a no-op rotation) blocked on a
+//!   dedicated connection that returns when the list is non-empty, as
+//!   Python producers only `LPUSH`; see `wake.rs`.
 //! * **Durable delays.** A claimed message whose eta lies ahead stays in
 //!   `unacked` (kombu's format, so Python tooling sees and can recover it)
 //!   and joins `celeriac.delayed.<queue>`, scored by eta; its
