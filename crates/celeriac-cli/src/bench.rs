@@ -343,17 +343,26 @@ async fn latency(app: &App, url: &str, args: &BenchArgs, quiet: bool) -> Result<
         .context("the latency worker did not start within 60 s")?;
 
     let pb = bar(args.latency_tasks as u64, "latency", quiet);
-    let mut samples = Vec::with_capacity(args.latency_tasks);
-    for _ in 0..args.latency_tasks {
-        // A random pause of 0–5 ms lets the worker go idle between tasks.
-        let pause = Duration::from_micros(rand::random::<u64>() % 5000);
-        tokio::time::sleep(pause).await;
-        let sent = now_us();
-        let r = Stamp::s(()).queue(LATENCY_QUEUE).send(app).await?;
-        let started = r.get(Duration::from_secs(30)).await?;
-        samples.push(started.saturating_sub(sent) as f64 / 1000.0);
-        pb.inc(1);
-    }
+    // The sender runs as a task on the runtime's worker threads, as a
+    // producer in a service does (not on the thread that blocks on main).
+    let sender = {
+        let (app, pb, count) = (app.clone(), pb.clone(), args.latency_tasks);
+        tokio::spawn(async move {
+            let mut samples = Vec::with_capacity(count);
+            for _ in 0..count {
+                // A random pause of 0–5 ms lets the worker go idle between tasks.
+                let pause = Duration::from_micros(rand::random::<u64>() % 5000);
+                tokio::time::sleep(pause).await;
+                let sent = now_us();
+                let r = Stamp::s(()).queue(LATENCY_QUEUE).send(&app).await?;
+                let started = r.get(Duration::from_secs(30)).await?;
+                samples.push(started.saturating_sub(sent) as f64 / 1000.0);
+                pb.inc(1);
+            }
+            Ok::<_, anyhow::Error>(samples)
+        })
+    };
+    let mut samples = sender.await??;
     pb.finish_and_clear();
     if let Some(h) = local {
         h.stop();
