@@ -17,7 +17,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 /// mimalloc: the worker's hot path allocates small, short-lived objects,
-/// where it is markedly faster than the system allocator.
+/// where it is markedly faster than the system allocator. Its v2 line
+/// (the workspace's `v2` feature): messages are built on one thread and
+/// freed on another, and v3 tries to reclaim the freed block's page on
+/// such frees, which was about a fifth of the memory broker's drain time.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
