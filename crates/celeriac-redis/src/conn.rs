@@ -23,12 +23,6 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A dedicated connection for blocking commands.
-#[derive(Clone)]
-pub(crate) struct Blocker {
-    pub conn: MultiplexedConnection,
-}
-
 /// The connections of one broker.
 pub(crate) struct Conn {
     manager: ConnectionManager,
@@ -71,18 +65,16 @@ impl Conn {
     }
 
     /// Opens a connection for blocking commands.
-    pub async fn blocker(&self) -> Result<Blocker, Error> {
+    pub async fn blocker(&self) -> Result<MultiplexedConnection, Error> {
         // No response timeout: blocking commands carry their own, and the
         // caller bounds the wait with a timer of its own as well.
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(None);
-        let conn = self
-            .client
+        self.client
             .get_multiplexed_async_connection_with_config(&config)
             .await
-            .map_err(|e| redis_error(e, "opening a connection for wake-ups"))?;
-        Ok(Blocker { conn })
+            .map_err(|e| redis_error(e, "opening a connection for wake-ups"))
     }
 }
 

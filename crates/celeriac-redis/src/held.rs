@@ -47,9 +47,13 @@ impl Held {
         }
     }
 
-    /// Returns the tag an attempt holds, if this process claimed it.
-    pub fn get(&self, token: u64) -> Option<Arc<str>> {
-        Self::lock().get(&(self.scope, token)).cloned()
+    /// Returns the tag each attempt holds, if this process claimed it.
+    pub fn get_all(&self, tokens: impl IntoIterator<Item = u64>) -> Vec<Option<Arc<str>>> {
+        let map = Self::lock();
+        tokens
+            .into_iter()
+            .map(|token| map.get(&(self.scope, token)).cloned())
+            .collect()
     }
 
     /// Forgets attempts that ended (settled, or found not held).
@@ -71,11 +75,11 @@ mod tests {
         let b = Held::new("redis://127.0.0.1/2", "");
         a.insert_all([(u64::MAX - 7, Arc::from("tag-a"))]);
         b.insert_all([(u64::MAX - 7, Arc::from("tag-b"))]);
-        assert_eq!(a.get(u64::MAX - 7).as_deref(), Some("tag-a"));
-        assert_eq!(b.get(u64::MAX - 7).as_deref(), Some("tag-b"));
+        assert_eq!(a.get_all([u64::MAX - 7]), vec![Some(Arc::from("tag-a"))]);
+        assert_eq!(b.get_all([u64::MAX - 7]), vec![Some(Arc::from("tag-b"))]);
         a.remove_all([u64::MAX - 7]);
-        assert_eq!(a.get(u64::MAX - 7), None);
-        assert_eq!(b.get(u64::MAX - 7).as_deref(), Some("tag-b"));
+        assert_eq!(a.get_all([u64::MAX - 7]), vec![None]);
+        assert_eq!(b.get_all([u64::MAX - 7]), vec![Some(Arc::from("tag-b"))]);
         b.remove_all([u64::MAX - 7]);
     }
 }

@@ -192,7 +192,7 @@ async fn flush(inner: Arc<Inner>) {
 pub(crate) async fn settle_many(inner: &Inner, ops: Vec<(Lease, Op)>) -> Result<Vec<bool>, Error> {
     // The tag each attempt holds; one this process never claimed (or
     // already settled) is sent as "", which holds nothing.
-    let tags: Vec<Option<Arc<str>>> = ops.iter().map(|(l, _)| inner.held.get(l.token)).collect();
+    let tags = inner.held.get_all(ops.iter().map(|(l, _)| l.token));
     // Releases first read what they hand back.
     let releases: Vec<(u64, &str)> = ops
         .iter()
@@ -319,8 +319,8 @@ pub(crate) async fn extend(
         inner.cfg.visibility_timeout.as_secs_f64(),
     );
     inv.arg(by.as_secs_f64());
-    for l in leases {
-        let tag = inner.held.get(l.token);
+    let tags = inner.held.get_all(leases.iter().map(|l| l.token));
+    for (l, tag) in leases.iter().zip(&tags) {
         inv.arg(l.token)
             .arg(tag.as_deref().unwrap_or(""))
             .arg(l.id.as_str());

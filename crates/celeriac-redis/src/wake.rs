@@ -30,7 +30,6 @@ use futures::future::select_all;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
-use crate::conn::Blocker;
 use crate::Inner;
 
 /// Waits shorter than this are slept, not blocked on.
@@ -124,7 +123,7 @@ pub(crate) async fn wait(inner: &Arc<Inner>, keys: &[String], until: Instant) ->
 /// `waiter`, which makes the watcher send the next one. So it never sends
 /// a command no fetch waits for, and never spins on a non-empty list.
 async fn run(inner: Weak<Inner>, key: String, w: Arc<Watch>) {
-    let mut blocker: Option<Blocker> = None;
+    let mut blocker: Option<redis::aio::MultiplexedConnection> = None;
     let mut idle_since = Instant::now();
     loop {
         let asked = tokio::time::timeout_at(idle_since + IDLE_END, w.waiter.notified()).await;
@@ -144,7 +143,7 @@ async fn run(inner: Weak<Inner>, key: String, w: Arc<Watch>) {
         let Some(strong) = inner.upgrade() else {
             return;
         };
-        let b = match blocker.take() {
+        let mut conn = match blocker.take() {
             Some(b) => b,
             None => match strong.conn.blocker().await {
                 Ok(b) => b,
@@ -159,7 +158,6 @@ async fn run(inner: Weak<Inner>, key: String, w: Arc<Watch>) {
             },
         };
         drop(strong);
-        let mut conn = b.conn.clone();
         let mut cmd = redis::cmd("BLMOVE");
         cmd.arg(&key)
             .arg(&key)
@@ -176,11 +174,11 @@ async fn run(inner: Weak<Inner>, key: String, w: Arc<Watch>) {
         match reply {
             Ok(Ok(Some(_))) => {
                 w.seen.send_modify(|n| *n = n.wrapping_add(1));
-                blocker = Some(b);
+                blocker = Some(conn);
             }
             Ok(Ok(None)) => {
                 // Timed out on the server: serve whoever still waits.
-                blocker = Some(b);
+                blocker = Some(conn);
                 w.waiter.notify_one();
             }
             Ok(Err(e)) => {

@@ -62,6 +62,16 @@ fn fail_until_retried(ctx: &TaskContext, key: &str, n: u32) -> Result<u32, TaskE
     Ok(ctx.retries())
 }
 
+/// Three retries, 10–50 ms apart.
+fn quick_retries(name: &'static str) -> TaskOptions {
+    TaskOptions::new(name)
+        .max_retries(3)
+        .retry_policy(RetryPolicy::exponential(
+            Duration::from_millis(10),
+            Duration::from_millis(50),
+        ))
+}
+
 /// Fails until it has failed `n` times, then returns its retry count.
 struct Flaky;
 impl Task for Flaky {
@@ -69,12 +79,7 @@ impl Task for Flaky {
     type Args = (String, u32);
     type Output = u32;
     fn options() -> TaskOptions {
-        TaskOptions::new(Self::NAME)
-            .max_retries(3)
-            .retry_policy(RetryPolicy::exponential(
-                Duration::from_millis(10),
-                Duration::from_millis(50),
-            ))
+        quick_retries(Self::NAME)
     }
     async fn run(ctx: TaskContext, (key, n): (String, u32)) -> Result<u32, TaskError> {
         fail_until_retried(&ctx, &key, n)
@@ -179,13 +184,7 @@ impl Task for EarlyFlaky {
     type Args = (String, u32);
     type Output = u32;
     fn options() -> TaskOptions {
-        TaskOptions::new(Self::NAME)
-            .acks_late(false)
-            .max_retries(3)
-            .retry_policy(RetryPolicy::exponential(
-                Duration::from_millis(10),
-                Duration::from_millis(50),
-            ))
+        quick_retries(Self::NAME).acks_late(false)
     }
     async fn run(ctx: TaskContext, (key, n): (String, u32)) -> Result<u32, TaskError> {
         fail_until_retried(&ctx, &key, n)
