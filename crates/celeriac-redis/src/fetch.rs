@@ -35,7 +35,6 @@ const MIN_RECHECK: Duration = Duration::from_millis(5);
 /// One claimed message, as the claim script returned it.
 struct Claimed {
     queue: usize,
-    tag: Arc<str>,
     token: u64,
     deliveries: u32,
     /// The envelope (or, when wrapped, the unacked value around it).
@@ -191,19 +190,17 @@ fn parse_claim(reply: Value) -> Result<Claim, Error> {
     let mut items = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
     for _ in 0..n {
         let queue = it.next().as_ref().and_then(int);
-        let tag = it.next().and_then(bytes);
         let token = it.next().as_ref().and_then(int);
         let deliveries = it.next().as_ref().and_then(int);
         let wrapped = it.next().as_ref().and_then(int);
         let payload = it.next().and_then(bytes);
-        let (Some(queue), Some(tag), Some(token), Some(deliveries), Some(wrapped), Some(payload)) =
-            (queue, tag, token, deliveries, wrapped, payload)
+        let (Some(queue), Some(token), Some(deliveries), Some(wrapped), Some(payload)) =
+            (queue, token, deliveries, wrapped, payload)
         else {
             return Err(bad_reply("a claimed message"));
         };
         items.push(Claimed {
             queue: usize::try_from(queue - 1).map_err(|_| bad_reply("queue index"))?,
-            tag: Arc::from(String::from_utf8_lossy(&tag)),
             token: u64::try_from(token).map_err(|_| bad_reply("token"))?,
             deliveries: u32::try_from(deliveries).unwrap_or(u32::MAX),
             payload,
@@ -245,8 +242,9 @@ async fn deliver(
     }
     let now = Utc::now();
     let mut out = Vec::with_capacity(items.len());
-    let mut hold: Vec<(u64, Arc<str>, Arc<str>, f64)> = Vec::new();
-    let mut tags = Vec::with_capacity(items.len());
+    // (token, envelope tag of a redelivery, queue, eta)
+    let mut hold: Vec<(u64, Option<Arc<str>>, Arc<str>, f64)> = Vec::new();
+    let mut redelivered = Vec::new();
     for c in items {
         let queue = names
             .get(c.queue)
@@ -259,14 +257,20 @@ async fn deliver(
         };
         let decoded = envelope::decode(env, &queue);
         let id = decoded.id.clone().unwrap_or_else(|| TaskId::from(""));
+        // A redelivery's counter is keyed by the envelope's tag.
+        let etag = (c.deliveries > 1)
+            .then(|| decoded.delivery_tag.as_deref().map(Arc::<str>::from))
+            .flatten();
         let message = decoded.message.map(Arc::new);
         if let Ok(m) = &message {
             if let Some(eta) = m.headers.eta.filter(|eta| *eta > now) {
-                hold.push((c.token, c.tag, queue, unix(eta)));
+                hold.push((c.token, etag, queue, unix(eta)));
                 continue;
             }
         }
-        tags.push((c.token, c.tag));
+        if let Some(etag) = etag {
+            redelivered.push((c.token, etag));
+        }
         out.push(Delivery {
             message,
             lease: Lease {
@@ -278,7 +282,9 @@ async fn deliver(
             deliveries: c.deliveries,
         });
     }
-    inner.held.insert_all(tags);
+    if !redelivered.is_empty() {
+        inner.held.insert_all(redelivered);
+    }
     if !hold.is_empty() {
         defer(inner, &hold).await?;
     }
@@ -289,7 +295,10 @@ async fn deliver(
 }
 
 /// Holds claimed messages until their eta (`defer.lua`).
-async fn defer(inner: &Inner, hold: &[(u64, Arc<str>, Arc<str>, f64)]) -> Result<(), Error> {
+async fn defer(
+    inner: &Inner,
+    hold: &[(u64, Option<Arc<str>>, Arc<str>, f64)],
+) -> Result<(), Error> {
     let s = scripts();
     let mut inv = invocation(
         &s.defer,
@@ -297,9 +306,9 @@ async fn defer(inner: &Inner, hold: &[(u64, Arc<str>, Arc<str>, f64)]) -> Result
         inner.cfg.visibility_timeout.as_secs_f64(),
     );
     inv.arg(crate::publish::DELAY_GRACE.as_secs_f64());
-    for (token, tag, queue, eta) in hold {
+    for (token, etag, queue, eta) in hold {
         inv.arg(*token)
-            .arg(&**tag)
+            .arg(etag.as_deref().unwrap_or(""))
             .arg(&**queue)
             .arg(format!("{eta:.6}"));
     }

@@ -1,10 +1,13 @@
-//! The delivery tag each attempt of this process holds, by its token.
+//! The envelope delivery tag of each attempt of this process that is a
+//! redelivery, by its token.
 //!
-//! Redis keeps one attempt record per delivery tag; every fencing check
-//! (settle, extend, release, defer) names the tag and the token, and the
-//! scripts compare them with the record. The tag is remembered here, in
-//! the process that claimed the message, so no token → tag index has to be
-//! written and deleted in Redis for every message.
+//! A message that came back has a delivery counter in Redis keyed by its
+//! envelope's delivery tag (`scripts/common.lua`); the attempt that ends
+//! it deletes the counter, and an attempt deferred to its eta takes its
+//! count back. The tag is remembered here, in the process that claimed the
+//! message, for those settlements. First deliveries (nearly all) have no
+//! counter and no entry. An entry that is missing (a lease settled by
+//! another process) only leaves the counter to expire.
 //!
 //! Tokens are unique per Redis server and key prefix, so entries are keyed
 //! by the broker's scope as well; the registry is shared by every handle
@@ -39,7 +42,7 @@ impl Held {
         HELD.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Remembers the tags of new attempts.
+    /// Remembers the envelope tags of new attempts that are redeliveries.
     pub fn insert_all(&self, held: impl IntoIterator<Item = (u64, Arc<str>)>) {
         let mut map = Self::lock();
         for (token, tag) in held {
@@ -47,7 +50,8 @@ impl Held {
         }
     }
 
-    /// Returns the tag each attempt holds, if this process claimed it.
+    /// Returns the envelope tag of each attempt, if it is a redelivery this
+    /// process claimed.
     pub fn get_all(&self, tokens: impl IntoIterator<Item = u64>) -> Vec<Option<Arc<str>>> {
         let map = Self::lock();
         tokens

@@ -5,25 +5,22 @@
 //! |---|---|---|
 //! | `<queue>`, `<queue><sep><step>` | list | kombu and celeriac: the queue, one list per priority step |
 //! | `_kombu.binding.<queue>`, `_kombu.binding_permanent.<queue>` | set | kombu's exchange table for the anonymous route |
-//! | `unacked` | hash | delivery tag → `[envelope, exchange, routing_key]` |
-//! | `unacked_index` | zset | delivery tag → lease end − visibility timeout |
+//! | `unacked` | hash | tag → `[envelope, exchange, routing_key]` |
+//! | `unacked_index` | zset | tag → lease end − visibility timeout |
 //! | `unacked_mutex` | string | kombu's restore lock |
-//! | `celeriac.attempts` | hash | delivery tag → `"<token> <score> <deliveries>"`: the attempt that holds it; plus the field `celeriac.encoding` (see below) |
 //! | `celeriac.token` | string | the fencing-token counter |
-//! | `celeriac.delayed.<queue>` | zset | delivery tag → eta (unix seconds) of held delayed messages |
+//! | `celeriac.deliveries.<delivery tag>` | string | deliveries of a message that came back, expiring a week after its last count |
+//! | `celeriac.delayed.<queue>` | zset | tag → eta (unix seconds) of held delayed messages |
 //! | `celeriac.wake.<queue>` | list | a signal to waiting fetches: a delayed message was published |
 //! | `celeriac.dead` | list | dead letters, oldest first |
 //! | `celeriac.revoked` | zset | task id → when the revocation is forgotten |
 //! | `celeriac.queues` | set | queue names published or consumed through celeriac |
 //!
-//! The claim keeps a field `celeriac.encoding` in `celeriac.attempts` whose
-//! value is longer than Redis' `hash-max-listpack-value`, so the hash stays
-//! a hashtable: as a listpack (up to 128 fields) each field access scans
-//! the whole hash. It reads as a record that holds nothing.
-//!
-//! There is no token → tag index in Redis: the process that claimed a
-//! message keeps its tag beside its token ([`crate::held`]), and every
-//! fencing check names both.
+//! The tags in `unacked`: a Python worker files what it claims under the
+//! envelope's delivery tag, as kombu does; celeriac files each attempt
+//! under a tag of its own, `celeriac:<token>`, which is also its fencing
+//! token (`scripts/common.lua` says how); a message waiting for its eta
+//! stays under the tag it was published or deferred with.
 
 use crate::config::Config;
 
@@ -44,8 +41,6 @@ pub(crate) struct Keys {
     pub unacked_index: String,
     /// kombu's restore lock.
     pub unacked_mutex: String,
-    /// celeriac's attempt records.
-    pub attempts: String,
     /// celeriac's token counter.
     pub token_seq: String,
     /// celeriac's dead letters.
@@ -74,7 +69,6 @@ impl Keys {
             unacked: format!("{p}{}", cfg.unacked_key),
             unacked_index: format!("{p}{}", cfg.unacked_index_key),
             unacked_mutex: format!("{p}{}", cfg.unacked_mutex_key),
-            attempts: format!("{p}celeriac.attempts"),
             token_seq: format!("{p}celeriac.token"),
             dead: format!("{p}celeriac.dead"),
             revoked: format!("{p}celeriac.revoked"),

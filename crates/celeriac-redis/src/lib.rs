@@ -39,8 +39,8 @@
 //! `[envelope, exchange, routing_key]`) and `unacked_index` for every
 //! message a worker holds; `_kombu.binding.<queue>` for each queue
 //! published to. celeriac adds a few keys of its own beside them
-//! (`celeriac.*`): attempt records (fencing tokens and delivery counts),
-//! per-queue delayed sets, dead letters and revoked ids.
+//! (`celeriac.*`): the fencing-token counter, delivery counts of messages
+//! that came back, per-queue delayed sets, dead letters and revoked ids.
 //!
 //! # Where celeriac is stricter than kombu
 //!
@@ -52,12 +52,14 @@
 //!   celeriac's) restores a message exactly when its lease ends, and
 //!   [`extend`](celeriac_core::Broker::extend) moves that score: a long task
 //!   is never restored by anyone while its worker lives.
-//! * **Fencing.** Every claim takes a fresh token, written in the message's
-//!   attempt record (`celeriac.attempts`, keyed by delivery tag) with its
-//!   `unacked_index` score. The claiming process remembers each token's tag,
-//!   so settle and extend scripts check the record and the score of that
-//!   one tag, and refuse a token whose attempt no longer holds the message
-//!   (restored by any sweep, or claimed again, also by a Python worker).
+//! * **Fencing.** Every claim takes a fresh token and files the message in
+//!   `unacked` under a tag made of it, `celeriac:<token>` (a Python worker
+//!   files what it claims under the envelope's delivery tag). The attempt
+//!   holds its message exactly while `unacked_index` holds that tag, so
+//!   settle and extend scripts check one score and refuse a token whose
+//!   attempt no longer holds the message (restored by any sweep, after
+//!   which a new claim files it under a new tag). Nothing is written per
+//!   message beyond kombu's own two entries.
 //! * **Wake-ups without polling.** Idle fetches share one watcher per list
 //!   key, a `BLMOVE key key RIGHT RIGHT` (a no-op rotation) blocked on a
 //!   dedicated connection that returns when the list is non-empty, as
@@ -139,7 +141,7 @@ struct Inner {
     swept: std::sync::atomic::AtomicBool,
     /// Settlements waiting to be sent together.
     batcher: settle::Batcher,
-    /// The delivery tags this process's attempts hold.
+    /// The envelope tags of this process's attempts that are redeliveries.
     held: held::Held,
     /// The watchers that wake idle fetches.
     watchers: wake::Watchers,

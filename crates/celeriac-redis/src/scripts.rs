@@ -60,7 +60,6 @@ pub(crate) fn invocation<'a>(
     let mut inv = script.prepare_invoke();
     inv.key(&keys.unacked)
         .key(&keys.unacked_index)
-        .key(&keys.attempts)
         .key(&keys.token_seq)
         .key(&keys.dead)
         .key(&keys.revoked)

@@ -1,5 +1,6 @@
 //! Ending and extending attempts: `settle.lua` and `extend.lua`, fenced by
-//! the attempt's token, with the result written in the same script.
+//! the attempt's token (its tag in `unacked_index`), with the result
+//! written in the same script.
 //!
 //! A release needs the envelope marked as redelivered (kombu's restore
 //! does that), which is done here in Rust: the held value is read first
@@ -190,15 +191,13 @@ async fn flush(inner: Arc<Inner>) {
 /// Settles attempts in one script call, returning for each whether its
 /// lease was held (and it is now settled).
 pub(crate) async fn settle_many(inner: &Inner, ops: Vec<(Lease, Op)>) -> Result<Vec<bool>, Error> {
-    // The tag each attempt holds; one this process never claimed (or
-    // already settled) is sent as "", which holds nothing.
-    let tags = inner.held.get_all(ops.iter().map(|(l, _)| l.token));
+    // The envelope tag of each redelivery, whose counter goes with it.
+    let etags = inner.held.get_all(ops.iter().map(|(l, _)| l.token));
     // Releases first read what they hand back.
-    let releases: Vec<(u64, &str)> = ops
+    let releases: Vec<u64> = ops
         .iter()
-        .zip(&tags)
-        .filter(|((_, op), _)| matches!(op, Op::Release))
-        .map(|((l, _), tag)| (l.token, tag.as_deref().unwrap_or("")))
+        .filter(|(_, op)| matches!(op, Op::Release))
+        .map(|(l, _)| l.token)
         .collect();
     let mut held_values = if releases.is_empty() {
         Vec::new()
@@ -214,7 +213,7 @@ pub(crate) async fn settle_many(inner: &Inner, ops: Vec<(Lease, Op)>) -> Result<
         &inner.keys,
         inner.cfg.visibility_timeout.as_secs_f64(),
     );
-    for ((lease, op), tag) in ops.iter().zip(&tags) {
+    for ((lease, op), etag) in ops.iter().zip(&etags) {
         let (kind, result) = match op {
             Op::Ack(r) => ('a', r.as_ref()),
             Op::Retry(_, r) => ('r', r.as_ref()),
@@ -229,7 +228,7 @@ pub(crate) async fn settle_many(inner: &Inner, ops: Vec<(Lease, Op)>) -> Result<
         };
         inv.arg(kind.encode_utf8(&mut [0; 4]).as_bytes())
             .arg(lease.token)
-            .arg(tag.as_deref().unwrap_or(""));
+            .arg(etag.as_deref().unwrap_or(""));
         if let Some(r) = result {
             inv.arg(inner.results.key(&r.task_id))
                 .arg(inner.results.expiry_ms())
@@ -277,17 +276,17 @@ pub(crate) async fn settle_many(inner: &Inner, ops: Vec<(Lease, Op)>) -> Result<
     Ok(reply.into_iter().map(|n| n == 1).collect())
 }
 
-/// Returns the unacked value each attempt (token, tag) holds (empty when
-/// not held).
-async fn peek(inner: &Inner, attempts: &[(u64, &str)]) -> Result<Vec<Vec<u8>>, Error> {
+/// Returns the unacked value each attempt (by token) holds (empty when not
+/// held).
+async fn peek(inner: &Inner, tokens: &[u64]) -> Result<Vec<Vec<u8>>, Error> {
     let s = scripts();
     let mut inv = invocation(
         &s.peek,
         &inner.keys,
         inner.cfg.visibility_timeout.as_secs_f64(),
     );
-    for (token, tag) in attempts {
-        inv.arg(*token).arg(*tag);
+    for token in tokens {
+        inv.arg(*token);
     }
     let mut conn = inner.conn.manager();
     let reply: Value = inv
@@ -319,11 +318,8 @@ pub(crate) async fn extend(
         inner.cfg.visibility_timeout.as_secs_f64(),
     );
     inv.arg(by.as_secs_f64());
-    let tags = inner.held.get_all(leases.iter().map(|l| l.token));
-    for (l, tag) in leases.iter().zip(&tags) {
-        inv.arg(l.token)
-            .arg(tag.as_deref().unwrap_or(""))
-            .arg(l.id.as_str());
+    for l in leases {
+        inv.arg(l.token).arg(l.id.as_str());
     }
     let mut conn = inner.conn.manager();
     let reply: Value = inv

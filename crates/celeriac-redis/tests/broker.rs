@@ -220,6 +220,9 @@ async fn publish_claim_ack_leave_kombus_keys() {
     assert_eq!(got.len(), 1);
     let len: usize = fx.raw.llen(fx.list(0)).await.unwrap();
     assert_eq!(len, 0);
+    // Filed under the attempt's own tag, not the envelope's.
+    assert_eq!(fx.hget("unacked", &tag).await, None);
+    let tag = format!("celeriac:{}", got[0].lease.token);
     let value = fx.hget("unacked", &tag).await.expect("an unacked entry");
     let value: Value = serde_json::from_slice(&value).unwrap();
     assert_eq!(value[0], env, "the envelope as popped");
@@ -242,7 +245,13 @@ async fn publish_claim_ack_leave_kombus_keys() {
         .unwrap();
     assert_eq!(fx.hget("unacked", &tag).await, None);
     assert_eq!(fx.zscore("unacked_index", &tag).await, None);
-    assert_eq!(fx.hget("celeriac.attempts", &tag).await, None);
+    let mut keys: Vec<String> = fx.raw.keys(fx.key("celeriac.*")).await.unwrap();
+    keys.sort();
+    assert_eq!(
+        keys,
+        vec![fx.key("celeriac.queues"), fx.key("celeriac.token")],
+        "nothing else is kept per message"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -278,46 +287,58 @@ async fn python_envelopes_are_consumed() {
     let m = d.message.as_ref().expect("a Python message decodes");
     assert_eq!(m.id().as_str(), id);
     assert_eq!(m.body.args, vec![json!(2), json!(3)]);
-    assert!(fx.hget("unacked", "tag-py-1").await.is_some());
+    let tag = format!("celeriac:{}", d.lease.token);
+    assert!(fx.hget("unacked", &tag).await.is_some());
     fx.broker
         .settle(&d.lease, Settlement::Ack { result: None })
         .await
         .unwrap();
-    assert!(fx.hget("unacked", "tag-py-1").await.is_none());
+    assert!(fx.hget("unacked", &tag).await.is_none());
+    let left: usize = fx.raw.hlen(fx.key("unacked")).await.unwrap();
+    assert_eq!(left, 0);
 }
 
-/// The claim finds the delivery tag, exchange and routing key of an
-/// envelope written with Python's `json.dumps` separators (`", "`, `": "`),
-/// past decoys: the same names as string values and as keys elsewhere.
+/// A Python envelope is filed as `[envelope, "", queue]`, whatever route
+/// its `delivery_info` names, so every sweep restores it to the queue it
+/// came from. When it carries kombu's redelivered mark, the claim finds its
+/// delivery tag (written with Python's `json.dumps` separators, past
+/// decoys: the same names as string values and as keys elsewhere) and
+/// counts the delivery under it; the ack deletes the count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_spaced_envelopes_keep_their_tag_and_route() {
+async fn python_envelopes_go_back_to_their_queue_and_redeliveries_count() {
     let Some(mut fx) = Fx::new("spaced").await else {
         return;
     };
     let id = uuid::Uuid::new_v4().to_string();
     let b64 = base64::engine::general_purpose::STANDARD.encode(PY_BODY);
     let env = format!(
-        r#"{{"body": "{b64}", "content-encoding": "utf-8", "content-type": "application/json", "headers": {{"lang": "py", "task": "tasks.add", "id": "{id}", "root_id": "{id}", "parent_id": null, "group": null, "argsrepr": "('properties', \"delivery_tag\": \"no\")", "kwargsrepr": "{{}}", "origin": "gen1@host", "stamps": {{"delivery_tag": "decoy", "exchange": "decoy"}}, "shadow": "properties"}}, "properties": {{"correlation_id": "{id}", "reply_to": "r", "delivery_mode": 2, "delivery_info": {{"exchange": "ex1", "routing_key": "rk1"}}, "priority": 0, "body_encoding": "base64", "delivery_tag": "tag-spaced-1"}}}}"#
+        r#"{{"body": "{b64}", "content-encoding": "utf-8", "content-type": "application/json", "headers": {{"lang": "py", "task": "tasks.add", "id": "{id}", "root_id": "{id}", "parent_id": null, "group": null, "argsrepr": "('properties', \"delivery_tag\": \"no\")", "kwargsrepr": "{{}}", "origin": "gen1@host", "stamps": {{"delivery_tag": "decoy", "exchange": "decoy"}}, "shadow": "properties", "redelivered": true}}, "properties": {{"correlation_id": "{id}", "reply_to": "r", "delivery_mode": 2, "delivery_info": {{"exchange": "ex1", "routing_key": "rk1", "redelivered": true}}, "priority": 0, "body_encoding": "base64", "delivery_tag": "tag-spaced-1"}}}}"#
     );
     serde_json::from_str::<Value>(&env).expect("the test envelope is JSON");
     let _: () = fx.raw.lpush(fx.list(0), &env).await.unwrap();
     let d = fx.fetch(1, Duration::from_secs(5)).await.remove(0);
     assert_eq!(d.message.as_ref().expect("decodes").id().as_str(), id);
-    assert_eq!(d.deliveries, 1);
+    assert_eq!(d.deliveries, 2, "a redelivered envelope counts 2");
+    let counter = "celeriac.deliveries.tag-spaced-1";
+    let count: Option<u32> = fx.raw.get(fx.key(counter)).await.unwrap();
+    assert_eq!(count, Some(2));
     let value = fx
-        .hget("unacked", "tag-spaced-1")
+        .hget("unacked", &format!("celeriac:{}", d.lease.token))
         .await
-        .expect("held by its tag");
+        .expect("held under the attempt's tag");
     let value: Value = serde_json::from_slice(&value).unwrap();
     assert_eq!(
         value,
-        json!([serde_json::from_str::<Value>(&env).unwrap(), "ex1", "rk1"])
+        json!([serde_json::from_str::<Value>(&env).unwrap(), "", fx.queue])
     );
     fx.broker
         .settle(&d.lease, Settlement::Ack { result: None })
         .await
         .unwrap();
-    assert!(fx.hget("unacked", "tag-spaced-1").await.is_none());
+    let left: usize = fx.raw.hlen(fx.key("unacked")).await.unwrap();
+    assert_eq!(left, 0);
+    let count: Option<u32> = fx.raw.get(fx.key(counter)).await.unwrap();
+    assert_eq!(count, None, "the ack deletes the count");
 }
 
 /// `settle_many` settles a batch in one call, each settlement fenced on
@@ -370,21 +391,8 @@ async fn settle_many_fences_each_settlement() {
     assert_eq!(stored.result, json!(5));
     let left: usize = fx.raw.hlen(fx.key("unacked")).await.unwrap();
     assert_eq!(left, 0);
-    // Only the claim's encoding field is left in the attempt records, and
-    // no token index is kept in Redis.
-    let tokens: bool = fx.raw.exists(fx.key("celeriac.tokens")).await.unwrap();
-    assert!(!tokens);
-    for key in ["celeriac.attempts"] {
-        let fields: Vec<String> = fx.raw.hkeys(fx.key(key)).await.unwrap();
-        assert_eq!(fields, vec!["celeriac.encoding".to_owned()], "{key}");
-        let encoding: String = redis::cmd("OBJECT")
-            .arg("ENCODING")
-            .arg(fx.key(key))
-            .query_async(&mut fx.raw)
-            .await
-            .unwrap();
-        assert_eq!(encoding, "hashtable", "{key}");
-    }
+    let index: usize = fx.raw.zcard(fx.key("unacked_index")).await.unwrap();
+    assert_eq!(index, 0);
 }
 
 /// Many idle fetches share one watcher per list key: each raw `LPUSH` (as
@@ -536,11 +544,17 @@ async fn a_python_restore_and_reclaim_fences_the_rust_attempt() {
         let recs: Vec<String> = fx.raw.hkeys(fx.key("unacked")).await.unwrap();
         recs[0].clone()
     };
+    assert_eq!(tag, format!("celeriac:{}", d.lease.token));
     // A Python worker's sweep restores it (HGET, ZREM, HDEL, RPUSH) and a
-    // Python worker takes it again (ZADD now, HSET).
+    // Python worker takes it again (ZADD now, HSET), under the envelope's
+    // delivery tag.
     let value: Vec<u8> = fx.hget("unacked", &tag).await.unwrap();
     let parsed: Value = serde_json::from_slice(&value).unwrap();
     let env = parsed[0].to_string();
+    let py_tag = parsed[0]["properties"]["delivery_tag"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let _: () = redis::pipe()
         .atomic()
         .zrem(fx.key("unacked_index"), &tag)
@@ -553,8 +567,8 @@ async fn a_python_restore_and_reclaim_fences_the_rust_attempt() {
     let now = fx.now().await;
     let _: () = redis::pipe()
         .atomic()
-        .zadd(fx.key("unacked_index"), &tag, now)
-        .hset(fx.key("unacked"), &tag, &value)
+        .zadd(fx.key("unacked_index"), &py_tag, now)
+        .hset(fx.key("unacked"), &py_tag, &value)
         .query_async(&mut fx.raw)
         .await
         .unwrap();
@@ -571,8 +585,8 @@ async fn a_python_restore_and_reclaim_fences_the_rust_attempt() {
         .await
         .unwrap();
     assert_eq!(st, vec![celeriac_core::LeaseStatus::Lost]);
-    assert!(fx.hget("unacked", &tag).await.is_some());
-    assert_eq!(fx.zscore("unacked_index", &tag).await, Some(now));
+    assert!(fx.hget("unacked", &py_tag).await.is_some());
+    assert_eq!(fx.zscore("unacked_index", &py_tag).await, Some(now));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -624,11 +638,14 @@ async fn a_python_eta_message_is_held_until_due() {
     headers["eta"] = json!(eta.to_rfc3339());
     let env = py_envelope(&fx.queue, headers, PY_BODY, "tag-eta");
     let _: () = fx.raw.lpush(fx.list(0), &env).await.unwrap();
-    // The claim moves it into the delayed set; it stays in unacked.
+    // The claim moves it into the delayed set; it stays in unacked, under
+    // the tag of the claim that found it early.
     assert!(fx.fetch(1, Duration::ZERO).await.is_empty());
-    assert!(fx.hget("unacked", "tag-eta").await.is_some());
+    let tags: Vec<String> = fx.raw.hkeys(fx.key("unacked")).await.unwrap();
+    assert_eq!(tags.len(), 1);
+    assert!(tags[0].starts_with("celeriac:"), "{tags:?}");
     let delayed = format!("celeriac.delayed.{}", fx.queue);
-    assert!(fx.zscore(&delayed, "tag-eta").await.is_some());
+    assert!(fx.zscore(&delayed, &tags[0]).await.is_some());
     let d = fx.fetch(1, Duration::from_secs(10)).await.remove(0);
     assert!(Utc::now() + chrono::TimeDelta::milliseconds(10) >= eta);
     assert_eq!(d.lease.id.as_str(), id);
@@ -637,7 +654,8 @@ async fn a_python_eta_message_is_held_until_due() {
         .settle(&d.lease, Settlement::Ack { result: None })
         .await
         .unwrap();
-    assert!(fx.hget("unacked", "tag-eta").await.is_none());
+    let left: usize = fx.raw.hlen(fx.key("unacked")).await.unwrap();
+    assert_eq!(left, 0);
 }
 
 /// Every row of `celery-protocol.md` §10 that a list entry can carry,

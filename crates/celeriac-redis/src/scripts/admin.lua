@@ -17,7 +17,6 @@ local cmd = ARGV[5]
 local function drop_held(tag)
   redis.call('HDEL', K_UNACKED, tag)
   redis.call('ZREM', K_INDEX, tag)
-  redis.call('HDEL', K_ATTEMPTS, tag)
 end
 
 if cmd == 'purge' then
@@ -61,10 +60,10 @@ elseif cmd == 'revoke' then
       end
     end
   end
-  local recs = redis.call('HGETALL', K_ATTEMPTS)
-  for i = 1, #recs, 2 do
-    local tok = string.match(recs[i + 1], '^(%S+)')
-    if tok and tok ~= '0' and names(redis.call('HGET', K_UNACKED, recs[i])) then
+  -- What is left under an attempt tag runs now (those deferred to an
+  -- eta were removed with their delayed sets above).
+  for _, tag in ipairs(redis.call('ZRANGE', K_INDEX, 0, -1)) do
+    if is_attempt_tag(tag) and names(redis.call('HGET', K_UNACKED, tag)) then
       running = true
     end
   end

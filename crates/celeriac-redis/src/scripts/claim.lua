@@ -1,7 +1,10 @@
--- Claims up to `max` messages atomically: each one popped is recorded in
--- kombu's unacked hash and unacked_index (exactly as kombu writes them) and
--- in celeriac's attempt record with a fresh fencing token, in this one
--- script, so no message is ever out of both the list and unacked.
+-- Claims up to `max` messages atomically: each one popped is filed in
+-- kombu's unacked hash and unacked_index under a new attempt tag (see
+-- common.lua), as the value [envelope, "", queue] that kombu's restore
+-- reads (the anonymous exchange routes it back to the queue it came from),
+-- in this one script, so no message is ever out of both the list and
+-- unacked. Nothing in the envelope is parsed, except the delivery tag of
+-- one that carries kombu's redelivered mark (to count its deliveries).
 --
 -- ARGV[5] lease in seconds, ARGV[6] max, ARGV[7..] queues, in the order to
 -- serve them (the caller rotates it for fairness).
@@ -11,8 +14,8 @@
 -- within a step.
 --
 -- Returns {n, next_due, restore_due, revoked, then n times: queue index
--- (1-based), delivery tag, token, deliveries, wrapped (1: payload is the
--- unacked value [envelope, exchange, routing_key]; 0: the envelope), payload}.
+-- (1-based), token, deliveries, wrapped (1: payload is the unacked value
+-- [envelope, exchange, routing_key]; 0: the envelope), payload}.
 -- next_due (unix seconds, "" for none) is when something may become
 -- claimable by itself (an eta, a lease end), given only when n is 0;
 -- restore_due is 1 when some lease has ended and a sweep should run;
@@ -28,12 +31,19 @@ for _, q in ipairs(queues) do redis.call('DEL', wake_key(q)) end
 local t = now()
 local score = fmt(math.ceil(t + lease - VT))
 
--- What the claim collects, written at the end with one command per key.
-local taken = {}      -- {qi, tag, wrapped, payload, value (list entries only)}
+-- What the claim collects, written at the end with one command per key:
+-- {queue index, wrapped, payload, unacked value, tag it leaves (delayed)}.
+local taken = {}
 local n = 0
 
+-- Each queue's name as a JSON string, the routing key of its values.
+local quoted = {}
+for qi, q in ipairs(queues) do quoted[qi] = cjson.encode(q) end
+
 -- An entry that is not a JSON object cannot go to unacked (a kombu sweep
--- would choke on it): it becomes a dead letter at once.
+-- would choke on it): it becomes a dead letter at once. (One that only
+-- looks like an object goes to unacked; the worker dead-letters it when it
+-- fails to decode.)
 local function dead(queue, env, reason)
   local meta = cjson.encode({queue = queue, reason = reason, at = t, wrapped = false})
   redis.call('RPUSH', K_DEAD, meta .. '\n' .. env)
@@ -41,65 +51,12 @@ end
 
 local find, match, byte = string.find, string.match, string.byte
 
--- Finds in s, between init and limit, the first key `"name"` that the
--- anchored pattern `rest` matches right after; returns rest's captures.
--- `needle` is `name"`: a plain search for it (memchr) is many times
--- cheaper than an unanchored pattern, which runs the matcher at every
--- byte of the envelope (its base64 body included); no substring is made.
-local function after_key(s, needle, rest, init, limit)
-  local p = find(s, needle, init, true)
-  while p and p <= limit do
-    if byte(s, p - 1) == 34 then
-      local a, b = match(s, rest, p + #needle)
-      if a then return a, b end
-    end
-    p = find(s, needle, p + 1, true)
-  end
-  return nil
-end
-
--- Returns the first and last byte of the object held by the first key
--- `needle` (as in after_key) between init and limit.
-local function object_at(s, needle, init, limit)
-  local a = after_key(s, needle, '^%s*:%s*(){', init, limit)
-  if not a then return nil end
-  local b = match(s, '^%b{}()', a)
-  if not b then return nil end
-  return a, b - 1
-end
-
-local function take(qi, queue, env)
-  local tag, ex, rk
-  local p, pe = object_at(env, 'properties"', 1, #env)
-  if p then
-    tag = after_key(env, 'delivery_tag"', '^%s*:%s*"([^"\\]+)"', p, pe)
-    local d, de = object_at(env, 'delivery_info"', p, pe)
-    if d then
-      -- Both kept with their quotes, as the unacked value holds them.
-      ex = after_key(env, 'exchange"', '^%s*:%s*("[^"\\]*")', d, de)
-      rk = after_key(env, 'routing_key"', '^%s*:%s*("[^"\\]+")', d, de)
-    end
-  end
-  if not (tag and ex and rk) then
-    -- The fast path did not find everything: read the envelope properly.
-    if not string.find(env, '^%s*{') then
-      return dead(queue, env, 'the envelope is not a JSON object')
-    end
-    local ok, obj = pcall(cjson.decode, env)
-    if not ok or type(obj) ~= 'table' then
-      return dead(queue, env, 'the envelope is not valid JSON')
-    end
-    local p = type(obj.properties) == 'table' and obj.properties or {}
-    local di = type(p.delivery_info) == 'table' and p.delivery_info or {}
-    tag = p.delivery_tag
-    if type(tag) == 'number' then tag = tostring(tag) end
-    if type(tag) ~= 'string' or tag == '' then tag = nil end
-    ex = cjson.encode(type(di.exchange) == 'string' and di.exchange or '')
-    local r = di.routing_key
-    rk = cjson.encode((type(r) == 'string' and r ~= '') and r or queue)
+local function take(qi, env)
+  if byte(env, 1) ~= 123 and not find(env, '^%s*{') then
+    return dead(queues[qi], env, 'the envelope is not a JSON object')
   end
   n = n + 1
-  taken[n] = {qi, tag or false, 0, env, '[' .. env .. ', ' .. ex .. ', ' .. rk .. ']'}
+  taken[n] = {qi, 0, env, '[' .. env .. ', "", ' .. quoted[qi] .. ']', false}
 end
 
 -- Whether an envelope carries kombu's redelivered mark (a plain search
@@ -113,20 +70,58 @@ local function marked(env)
   return false
 end
 
+-- Finds in s, between init and limit, the first key `"name"` that the
+-- anchored pattern `rest` matches right after; returns rest's captures.
+-- `needle` is `name"`: a plain search for it (memchr) is many times
+-- cheaper than an unanchored pattern, which runs the matcher at every
+-- byte of the envelope (its base64 body included).
+local function after_key(s, needle, rest, init, limit)
+  local p = find(s, needle, init, true)
+  while p and p <= limit do
+    if byte(s, p - 1) == 34 then
+      local a, b = match(s, rest, p + #needle)
+      if a then return a, b end
+    end
+    p = find(s, needle, p + 1, true)
+  end
+  return nil
+end
+
+-- The envelope's properties.delivery_tag ('' when it has none): found by
+-- searching, or by decoding the whole envelope when the search fails.
+local function envelope_tag(s, wrapped)
+  local a = after_key(s, 'properties"', '^%s*:%s*(){', 1, #s)
+  if a then
+    local b = match(s, '^%b{}()', a)
+    if b then
+      local tag = after_key(s, 'delivery_tag"', '^%s*:%s*"([^"\\]+)"', a, b - 1)
+      if tag then return tag end
+    end
+  end
+  local ok, obj = pcall(cjson.decode, s)
+  if not ok or type(obj) ~= 'table' then return '' end
+  if wrapped then obj = obj[1] end
+  local p = type(obj) == 'table' and type(obj.properties) == 'table' and obj.properties or {}
+  local tag = p.delivery_tag
+  if type(tag) == 'number' then tag = tostring(tag) end
+  if type(tag) ~= 'string' then return '' end
+  return tag
+end
+
 -- Delayed messages whose eta has come, still held (a stale member, whose
--- message was restored or settled meanwhile, is dropped).
+-- message was restored or settled meanwhile, is dropped). Each moves to a
+-- tag of the attempt that claims it.
 for qi, q in ipairs(queues) do
   if n >= max then break end
   local dk = delayed_key(q)
   local due = redis.call('ZRANGEBYSCORE', dk, '-inf', fmt(t), 'LIMIT', 0, max - n)
   for _, tag in ipairs(due) do
     redis.call('ZREM', dk, tag)
-    local tok, sc = read_record(tag)
     local s = redis.call('ZSCORE', K_INDEX, tag)
     local value = redis.call('HGET', K_UNACKED, tag)
-    if tok == '0' and s and tonumber(s) == tonumber(sc) and value then
+    if s and value then
       n = n + 1
-      taken[n] = {qi, tag, 1, value, false}
+      taken[n] = {qi, 1, value, value, tag}
     end
   end
 end
@@ -136,7 +131,7 @@ for _, step in ipairs(STEPS) do
   if #queues == 1 then
     local envs = redis.call('RPOP', list_key(queues[1], step), max - n)
     if envs then
-      for _, env in ipairs(envs) do take(1, queues[1], env) end
+      for _, env in ipairs(envs) do take(1, env) end
     end
   else
     local active = {}
@@ -147,7 +142,7 @@ for _, step in ipairs(STEPS) do
         if n >= max then break end
         local env = redis.call('RPOP', list_key(queues[qi], step))
         if env then
-          take(qi, queues[qi], env)
+          take(qi, env)
           still[#still + 1] = qi
         end
       end
@@ -158,52 +153,24 @@ end
 
 local out = {}
 if n > 0 then
-  -- Tags: a missing one, or one already in unacked or earlier in this
-  -- batch (a producer that reused a tag), gets a generated one, so no
-  -- backup overwrites another.
-  local probe = {}
-  for i = 1, n do
-    local e = taken[i]
-    if e[3] == 0 and e[2] then probe[#probe + 1] = e[2] end
-  end
-  local held = {}
-  if #probe > 0 then
-    local found = redis.call('HMGET', K_UNACKED, unpack(probe))
-    for i = 1, #probe do
-      if found[i] then held[probe[i]] = true end
-    end
-  end
   local first = redis.call('INCRBY', K_SEQ, n) - n
-  local unacked, index, records = {}, {}, {}
+  local unacked, index, left = {}, {}, {}
   for i = 1, n do
     local e = taken[i]
-    local tag, wrapped = e[2], e[3]
-    if wrapped == 0 then
-      if not tag or held[tag] then
-        tag = 'celeriac-' .. redis.call('INCR', K_SEQ)
-      end
-      held[tag] = true
-      unacked[#unacked + 1] = tag
-      unacked[#unacked + 1] = e[5]
-    end
-    -- Only a message that was delivered before has a record (and then it
-    -- carries kombu's redelivered mark, or sat in the delayed set).
-    local dl = 1
-    if wrapped == 1 or marked(e[4]) then
-      local _, _, d = read_record(tag)
-      dl = (d or 0) + 1
-    end
     local token = first + i
+    local tag = attempt_tag(token)
+    unacked[#unacked + 1] = tag
+    unacked[#unacked + 1] = e[4]
     index[#index + 1] = score
     index[#index + 1] = tag
-    records[#records + 1] = tag
-    records[#records + 1] = token .. ' ' .. score .. (dl == 1 and ' 1' or (' ' .. dl))
+    if e[5] then left[#left + 1] = e[5] end
+    local dl = 1
+    if marked(e[3]) then dl = count_redelivery(envelope_tag(e[3], e[2] == 1)) end
     out[#out + 1] = e[1]
-    out[#out + 1] = tag
     out[#out + 1] = token
     out[#out + 1] = dl
-    out[#out + 1] = wrapped
-    out[#out + 1] = e[4]
+    out[#out + 1] = e[2]
+    out[#out + 1] = e[3]
   end
   local function each(cmd, key, args)
     local i = 1
@@ -213,16 +180,12 @@ if n > 0 then
       i = j + 1
     end
   end
-  -- A field whose value is longer than Redis' hash-max-listpack-value
-  -- (64 by default) keeps celeriac's attempts hash a hashtable for good:
-  -- as a listpack (up to 128 fields, about the attempts in flight) every
-  -- HGET, HSET and HDEL scans the whole hash. It reads as a record that
-  -- holds nothing.
-  records[#records + 1] = 'celeriac.encoding'
-  records[#records + 1] = '0 0 0 celeriac: a value longer than hash-max-listpack-value keeps this hash a hashtable'
+  if #left > 0 then
+    each('HDEL', K_UNACKED, left)
+    each('ZREM', K_INDEX, left)
+  end
   each('HSET', K_UNACKED, unacked)
   each('ZADD', K_INDEX, index)
-  each('HSET', K_ATTEMPTS, records)
 end
 
 local next_due = nil

@@ -1,17 +1,25 @@
 -- Shared by every celeriac script (prepended to each one).
 --
--- KEYS: 1 unacked, 2 unacked_index, 3 celeriac.attempts, 4 celeriac.token,
---       5 celeriac.dead, 6 celeriac.revoked, 7 celeriac.queues
+-- KEYS: 1 unacked, 2 unacked_index, 3 celeriac.token, 4 celeriac.dead,
+--       5 celeriac.revoked, 6 celeriac.queues
 -- ARGV: 1 global_keyprefix, 2 sep, 3 priority steps "0,3,6,9", 4 visibility
 --       timeout in seconds; each script's own arguments follow from ARGV[5].
 --
--- An attempt record (celeriac.attempts, keyed by delivery tag) is
--- "<token> <score> <deliveries>": the token of the attempt holding the
--- message ("0" when none does), the unacked_index score written with it,
--- and how many times the message was delivered. An attempt holds its
--- message while the record names its token AND unacked_index still holds
--- the score it wrote: a restore (by any kombu or celeriac sweep) removes the
--- score, and a claim by anyone else writes another.
+-- Attempts and fencing: every claim gives the message a tag of its own,
+-- "celeriac:<token>" (the token counted by celeriac.token, never reused),
+-- and files it under that tag in kombu's unacked hash and unacked_index.
+-- The attempt holds its message exactly while unacked_index holds its tag:
+-- an ack, a retry, a dead letter or a restore by any kombu or celeriac
+-- sweep removes the tag, and the next claim files the message under a new
+-- one. So a fencing check is one ZSCORE (ZMSCORE for a batch), and nothing
+-- else is written per message. Python workers file what they claim under
+-- the envelope's own delivery tag, which never looks like ours.
+--
+-- Deliveries: a first delivery counts 1 and writes nothing. A message that
+-- comes back (kombu's redelivered mark on its envelope) is counted in
+-- "celeriac.deliveries.<delivery tag>" (the envelope's tag, which every
+-- restore keeps), a counter with an expiry that the attempt which ends the
+-- message deletes.
 --
 -- Scores follow kombu: unacked_index holds "receipt time"; kombu restores
 -- an entry once score < now - visibility_timeout. celeriac writes
@@ -22,11 +30,15 @@
 -- and whole numbers are stored as integers that need no parsing; that
 -- makes a claim several times cheaper.
 
-local K_UNACKED, K_INDEX, K_ATTEMPTS = KEYS[1], KEYS[2], KEYS[3]
-local K_SEQ, K_DEAD, K_REVOKED, K_QUEUES = KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local K_UNACKED, K_INDEX, K_SEQ = KEYS[1], KEYS[2], KEYS[3]
+local K_DEAD, K_REVOKED, K_QUEUES = KEYS[4], KEYS[5], KEYS[6]
 local PREFIX, SEP, VT = ARGV[1], ARGV[2], tonumber(ARGV[4])
 local STEPS = {}
 for s in string.gmatch(ARGV[3], '%d+') do STEPS[#STEPS + 1] = tonumber(s) end
+
+-- How long a delivery counter outlives its last count (a week): a message
+-- that a Python worker ends leaves its counter to expire.
+local DELIVERIES_TTL = 604800
 
 local function now()
   local t = redis.call('TIME')
@@ -53,30 +65,36 @@ local function wake_key(queue)
   return PREFIX .. 'celeriac.wake.' .. queue
 end
 
--- Returns token, score, deliveries of a tag's record, or nil.
-local function read_record(tag)
-  local rec = redis.call('HGET', K_ATTEMPTS, tag)
-  if not rec then return nil end
-  local tok, score, dl = string.match(rec, '^(%S+) (%S+) (%d+)$')
-  if not tok then return nil end
-  return tok, score, tonumber(dl)
+-- The tag an attempt files its message under (Keys::attempt_tag in Rust).
+local function attempt_tag(token)
+  return 'celeriac:' .. token
 end
 
-local function write_record(tag, token, score, deliveries)
-  redis.call('HSET', K_ATTEMPTS, tag, token .. ' ' .. score .. ' ' .. deliveries)
+local function is_attempt_tag(tag)
+  return string.sub(tag, 1, 9) == 'celeriac:'
 end
 
--- Returns the deliveries of the message `tag` when the attempt `token`
--- holds it, or nil. (The worker that claimed a message remembers its tag
--- with its token, so a fencing check reads only the tag's own entries.)
-local function holder(tag, token)
-  local tok, score, dl = read_record(tag)
-  if tok == token then
-    local s = redis.call('ZSCORE', K_INDEX, tag)
-    if s and (s == score or tonumber(s) == tonumber(score)) then
-      return dl
-    end
+local function deliveries_key(etag)
+  return PREFIX .. 'celeriac.deliveries.' .. etag
+end
+
+-- Counts one more delivery of a message that came back; returns the count.
+local function count_redelivery(etag)
+  if not etag or etag == '' then return 2 end
+  local key = deliveries_key(etag)
+  local n = redis.call('INCR', key)
+  if n == 1 then
+    -- Its first delivery left no counter.
+    n = redis.call('INCR', key)
   end
+  redis.call('EXPIRE', key, DELIVERIES_TTL)
+  return n
+end
+
+-- Returns the tag the attempt `token` holds, or nil when it lost it.
+local function holder(token)
+  local tag = attempt_tag(token)
+  if redis.call('ZSCORE', K_INDEX, tag) then return tag end
   return nil
 end
 
@@ -98,8 +116,6 @@ local function put(kind, key, tag, eta, index_score, value)
   if kind == 'd' then
     redis.call('HSET', K_UNACKED, tag, value)
     redis.call('ZADD', K_INDEX, index_score, tag)
-    local _, _, dl = read_record(tag)
-    write_record(tag, '0', index_score, dl or 0)
     redis.call('ZADD', key, eta, tag)
     local q = string.sub(key, #PREFIX + #'celeriac.delayed.' + 1)
     redis.call('LPUSH', wake_key(q), '1')

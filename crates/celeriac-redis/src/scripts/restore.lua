@@ -7,8 +7,7 @@
 --
 -- With a new score (the message's eta lies ahead) and no live celeriac
 -- attempt on it: the entry is re-scored, left where it is. Else, with an
--- envelope: restored to the front of each list (kombu's restore: RPUSH),
--- its delivery count kept. Else: dropped from unacked, into the dead
+-- envelope: restored to the front of each list (kombu's restore: RPUSH). Else: dropped from unacked, into the dead
 -- letters when metadata is given.
 --
 -- Returns the number of entries acted on.
@@ -20,23 +19,22 @@ while i <= #ARGV do
   local meta, dq, k = ARGV[i + 4], ARGV[i + 5], tonumber(ARGV[i + 6])
   local s = redis.call('ZSCORE', K_INDEX, tag)
   if s and tonumber(s) == tonumber(seen) then
-    local tok, _, dl = read_record(tag)
-    local live = tok and tok ~= '0'
+    -- A celeriac attempt runs it, unless its tag waits in a delayed set
+    -- (a message deferred to its eta).
+    local live = is_attempt_tag(tag)
+      and not (dq ~= '' and redis.call('ZSCORE', delayed_key(dq), tag))
     if rescore ~= '' and not live then
       redis.call('ZADD', K_INDEX, rescore, tag)
-      if tok then write_record(tag, '0', rescore, dl) end
     elseif env ~= '' then
       redis.call('ZREM', K_INDEX, tag)
       redis.call('HDEL', K_UNACKED, tag)
       for j = 1, k do redis.call('RPUSH', ARGV[i + 6 + j], env) end
       if dq ~= '' then redis.call('ZREM', delayed_key(dq), tag) end
-      if tok then write_record(tag, '0', '0', dl) end
     else
       local value = redis.call('HGET', K_UNACKED, tag)
       if value and meta ~= '' then redis.call('RPUSH', K_DEAD, meta .. '\n' .. value) end
       redis.call('ZREM', K_INDEX, tag)
       redis.call('HDEL', K_UNACKED, tag)
-      redis.call('HDEL', K_ATTEMPTS, tag)
       if dq ~= '' then redis.call('ZREM', delayed_key(dq), tag) end
     end
     done = done + 1
