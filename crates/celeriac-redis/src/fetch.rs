@@ -229,6 +229,16 @@ pub(crate) fn unwrap_value(value: &[u8]) -> &[u8] {
     }
 }
 
+/// A claimed message whose eta lies ahead, to be held until then.
+struct Early {
+    token: u64,
+    /// The envelope's delivery tag, when the claim counted a redelivery.
+    etag: Option<Arc<str>>,
+    queue: Arc<str>,
+    /// Unix seconds.
+    eta: f64,
+}
+
 /// Turns claimed messages into deliveries, holding back those whose eta
 /// lies ahead and settling those that were revoked.
 async fn deliver(
@@ -242,8 +252,7 @@ async fn deliver(
     }
     let now = Utc::now();
     let mut out = Vec::with_capacity(items.len());
-    // (token, envelope tag of a redelivery, queue, eta)
-    let mut hold: Vec<(u64, Option<Arc<str>>, Arc<str>, f64)> = Vec::new();
+    let mut hold: Vec<Early> = Vec::new();
     let mut redelivered = Vec::new();
     for c in items {
         let queue = names
@@ -264,7 +273,12 @@ async fn deliver(
         let message = decoded.message.map(Arc::new);
         if let Ok(m) = &message {
             if let Some(eta) = m.headers.eta.filter(|eta| *eta > now) {
-                hold.push((c.token, etag, queue, unix(eta)));
+                hold.push(Early {
+                    token: c.token,
+                    etag,
+                    queue,
+                    eta: unix(eta),
+                });
                 continue;
             }
         }
@@ -295,10 +309,7 @@ async fn deliver(
 }
 
 /// Holds claimed messages until their eta (`defer.lua`).
-async fn defer(
-    inner: &Inner,
-    hold: &[(u64, Option<Arc<str>>, Arc<str>, f64)],
-) -> Result<(), Error> {
+async fn defer(inner: &Inner, hold: &[Early]) -> Result<(), Error> {
     let s = scripts();
     let mut inv = invocation(
         &s.defer,
@@ -306,11 +317,11 @@ async fn defer(
         inner.cfg.visibility_timeout.as_secs_f64(),
     );
     inv.arg(crate::publish::DELAY_GRACE.as_secs_f64());
-    for (token, etag, queue, eta) in hold {
-        inv.arg(*token)
-            .arg(etag.as_deref().unwrap_or(""))
-            .arg(&**queue)
-            .arg(format!("{eta:.6}"));
+    for e in hold {
+        inv.arg(e.token)
+            .arg(e.etag.as_deref().unwrap_or(""))
+            .arg(&*e.queue)
+            .arg(format!("{:.6}", e.eta));
     }
     let mut conn = inner.conn.manager();
     let _: Value = inv
