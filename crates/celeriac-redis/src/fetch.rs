@@ -74,6 +74,8 @@ pub(crate) async fn fetch(inner: &Arc<Inner>, req: &FetchRequest) -> Result<Vec<
         .map(|i| req.queues[(start + i) % n].as_str())
         .collect();
     let names: Vec<Arc<str>> = queues.iter().map(|q| Arc::from(*q)).collect();
+    // This fetch's turn to wait, once it has to (see `Watchers::turn`).
+    let mut turn: Option<tokio::sync::OwnedMutexGuard<()>> = None;
     loop {
         let claim = claim(inner, &queues, req.max, req.lease).await?;
         let claimed = claim.items.len();
@@ -114,6 +116,21 @@ pub(crate) async fn fetch(inner: &Arc<Inner>, req: &FetchRequest) -> Result<Vec<
                 k
             })
             .collect();
+        if turn.is_none() {
+            let waiting = inner.watchers.turn(&keys);
+            match waiting.clone().try_lock_owned() {
+                Ok(mine) => turn = Some(mine),
+                Err(_) => {
+                    // Another fetch waits: queue behind it, then claim
+                    // again, since what came meanwhile went to that one.
+                    match tokio::time::timeout_at(deadline, waiting.lock_owned()).await {
+                        Ok(mine) => turn = Some(mine),
+                        Err(_) => return Ok(Vec::new()),
+                    }
+                    continue;
+                }
+            }
+        }
         wake::wait(inner, &keys, until).await?;
     }
 }

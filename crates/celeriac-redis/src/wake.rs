@@ -16,6 +16,11 @@
 //! list is non-empty and the fetches are busy claiming), and it ends, closing
 //! its connection, once no fetch has waited on its key for [`IDLE_END`].
 //!
+//! Idle fetches that read the same keys wait one at a time (their *turn*,
+//! see [`Watchers::turn`]): a push wakes the one waiting, and the next one
+//! claims when that one is done, instead of every fetch racing to claim the
+//! same message.
+//!
 //! A fetch subscribes before it looks at the watcher's state, and a watcher
 //! that finds a new waiter sends a fresh command, so a push between a
 //! fetch's empty claim and its wait is never missed: the command sent then
@@ -49,6 +54,8 @@ const RETRY_AFTER: Duration = Duration::from_millis(200);
 #[derive(Default)]
 pub(crate) struct Watchers {
     map: Mutex<HashMap<String, Arc<Watch>>>,
+    /// The turn to wait, by the sorted list keys the fetches read.
+    turns: Mutex<HashMap<Vec<String>, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// One key's watcher, as waiting fetches see it.
@@ -73,6 +80,17 @@ impl Watchers {
         map.insert(key.to_owned(), Arc::clone(&w));
         tokio::spawn(run(Arc::downgrade(inner), key.to_owned(), Arc::clone(&w)));
         w
+    }
+
+    /// Returns the turn that idle fetches reading `keys` take to wait: one
+    /// at a time, so that a push wakes one fetch to claim it instead of
+    /// every fetch of the worker racing to claim (the losers' empty claims
+    /// would queue at Redis beside, often before, the winner's).
+    pub(crate) fn turn(&self, keys: &[String]) -> Arc<tokio::sync::Mutex<()>> {
+        let mut sorted = keys.to_vec();
+        sorted.sort_unstable();
+        let mut turns = self.turns.lock().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(turns.entry(sorted).or_default())
     }
 
     /// Forgets `key`'s watch if it is still `w` and no one waits on it.
