@@ -47,6 +47,13 @@ pub struct TaskResult {
     /// The worker that stored it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<String>,
+    /// The group the task ran in, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
+    /// The task that sent this one, if any (a retried task's own id, as
+    /// Celery writes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_id: Option<TaskId>,
 }
 
 impl TaskResult {
@@ -100,6 +107,8 @@ impl TaskResult {
             name: None,
             retries: None,
             worker: None,
+            group_id: None,
+            parent_id: None,
         }
     }
 

@@ -316,6 +316,17 @@ async fn errors_retry_per_policy_then_succeed(kind: &str) {
     let r = Flaky::s((key.clone(), 2)).send(&e.app).await.unwrap();
     assert_eq!(r.get(WAIT).await.unwrap(), 2);
     assert_eq!(count(&key), 3);
+    // As Celery writes it: a retried task's parent is the task itself.
+    let stored = e
+        .app
+        .backend()
+        .expect("a result backend")
+        .get(r.id())
+        .await
+        .unwrap()
+        .expect("a stored result");
+    assert_eq!(stored.parent_id.as_ref(), Some(r.id()));
+    assert_eq!(stored.retries, Some(2));
     w.stop_now();
     let stats = w.join().await.unwrap();
     assert_eq!(stats.snapshot()[2], 2, "two retries counted");

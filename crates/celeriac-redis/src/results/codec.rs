@@ -61,6 +61,10 @@ struct Wire<'a> {
     retries: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     worker: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group_id: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parent_id: Option<&'a str>,
 }
 
 /// Formats a date as Python's `datetime.isoformat()` does for an aware
@@ -79,8 +83,9 @@ pub(crate) fn python_isoformat(d: &DateTime<Utc>) -> String {
 ///
 /// `task_id` is always present and `status` is uppercase; `date_done` is
 /// written for the ready states only (`null` otherwise, as Celery does).
-/// `name`, `retries` and `worker` appear when set (Celery's extended
-/// results); Python ignores fields it does not expect.
+/// `group_id` and `parent_id` appear when the task had them, as Celery
+/// writes them; `name`, `retries` and `worker` when set (Celery's extended
+/// results). Python ignores fields it does not expect.
 pub(crate) fn encode_result(r: &TaskResult) -> Result<Vec<u8>, Error> {
     if r.task_id.as_str().is_empty() {
         return Err(Error::new(
@@ -103,6 +108,8 @@ pub(crate) fn encode_result(r: &TaskResult) -> Result<Vec<u8>, Error> {
         name: &r.name,
         retries: r.retries,
         worker: &r.worker,
+        group_id: &r.group_id,
+        parent_id: r.parent_id.as_ref().map(TaskId::as_str),
     };
     serde_json::to_vec(&wire).map_err(|e| {
         Error::with_source(
@@ -211,6 +218,14 @@ fn from_value(value: Value) -> Result<TaskResult, Error> {
         .get("retries")
         .and_then(Value::as_u64)
         .and_then(|n| u32::try_from(n).ok());
+    let group_id = match obj.remove("group_id") {
+        Some(Value::String(s)) => Some(s),
+        _ => None,
+    };
+    let parent_id = match obj.remove("parent_id") {
+        Some(Value::String(s)) => Some(TaskId::from(s)),
+        _ => None,
+    };
     Ok(TaskResult {
         status,
         result,
@@ -221,6 +236,8 @@ fn from_value(value: Value) -> Result<TaskResult, Error> {
         name,
         retries,
         worker,
+        group_id,
+        parent_id,
     })
 }
 
@@ -298,6 +315,21 @@ mod tests {
     }
 
     #[test]
+    fn group_and_parent_are_written_when_the_task_had_them() {
+        let mut r = TaskResult::success(TaskId::from("t1"), json!(5));
+        let v: Value = serde_json::from_slice(&encode_result(&r).unwrap()).unwrap();
+        assert!(v.get("group_id").is_none() && v.get("parent_id").is_none());
+        r.group_id = Some("g1".to_owned());
+        r.parent_id = Some(TaskId::from("p1"));
+        let v: Value = serde_json::from_slice(&encode_result(&r).unwrap()).unwrap();
+        assert_eq!(v["group_id"], "g1");
+        assert_eq!(v["parent_id"], "p1");
+        let back = decode_result(&encode_result(&r).unwrap()).unwrap();
+        assert_eq!(back.group_id, r.group_id);
+        assert_eq!(back.parent_id, r.parent_id);
+    }
+
+    #[test]
     fn non_ready_states_have_no_date() {
         let r = TaskResult::new(TaskId::from("t1"), TaskState::Started, json!({}), None);
         let v: Value = serde_json::from_slice(&encode_result(&r).unwrap()).unwrap();
@@ -320,6 +352,8 @@ mod tests {
         assert!(r.date_done.is_some());
         assert_eq!(r.retries, Some(2));
         assert_eq!(r.name.as_deref(), Some("n"));
+        assert_eq!(r.group_id.as_deref(), Some("g"));
+        assert_eq!(r.parent_id, Some(TaskId::from("p")));
         let r = decode_result(
             br#"{"status": "SUCCESS", "result": 1, "date_done": "2026-11-23T11:01:41.868986123Z", "task_id": "x"}"#,
         )

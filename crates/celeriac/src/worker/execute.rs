@@ -179,9 +179,7 @@ async fn after_early_ack(env: &Env, lease: &Lease, message: &Message, ending: En
     let Some(mut r) = result.filter(|_| !message.headers.ignore_result) else {
         return;
     };
-    r.name = Some(message.headers.task.clone());
-    r.retries = Some(message.headers.retries);
-    r.worker = Some(env.worker.clone());
+    describe(&mut r, Some(message), env);
     if let Some(backend) = env.app.backend() {
         let mut pause = Duration::from_millis(50);
         for attempt in 0..6 {
@@ -362,19 +360,32 @@ async fn store_started(env: &Env, message: &Message) {
         None,
     );
     r.date_done = None;
-    r.name = Some(message.headers.task.clone());
-    r.retries = Some(message.headers.retries);
-    r.worker = Some(env.worker.clone());
+    describe(&mut r, Some(message), env);
     if let Err(e) = backend.store(r).await {
         tracing::warn!(task_id = %message.headers.id, error = %e.chain_text(), "storing STARTED failed");
     }
 }
 
+/// Fills in what a stored result says about its task, as Celery writes
+/// it: the group and parent always, the name, retries and worker as its
+/// extended results do.
+fn describe(r: &mut TaskResult, message: Option<&Message>, env: &Env) {
+    if let Some(m) = message {
+        r.name = Some(m.headers.task.clone());
+        r.retries = Some(m.headers.retries);
+        r.group_id.clone_from(&m.headers.group);
+        r.parent_id.clone_from(&m.headers.parent_id);
+    }
+    r.worker = Some(env.worker.clone());
+}
+
 /// Returns the next delivery of a retried task: same id, one more retry,
-/// not before `delay` from now.
+/// not before `delay` from now; its parent is the task itself, as Celery
+/// sends a retry (`celery-protocol.md` §7.3).
 fn next_attempt(message: &Message, delay: Duration) -> Message {
     let mut next = message.clone();
     next.headers.retries += 1;
+    next.headers.parent_id = Some(message.headers.id.clone());
     next.headers.eta = chrono::Duration::from_std(delay)
         .ok()
         .map(|d| Utc::now() + d);
@@ -471,9 +482,7 @@ async fn settlement(
     match result {
         None => Some(settlement),
         Some(mut r) => {
-            r.name = message.map(|m| m.headers.task.clone());
-            r.retries = message.map(|m| m.headers.retries);
-            r.worker = Some(env.worker.clone());
+            describe(&mut r, message, env);
             // The result could not be stored: not acknowledged, so the
             // lease runs out and the task is delivered again.
             attach(env, settlement, r).await
