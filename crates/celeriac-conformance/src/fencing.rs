@@ -203,3 +203,100 @@ pub async fn tokens_are_fresh_per_delivery<F: Fixture>(f: &F) {
         }
     }
 }
+
+/// `settle_many` ends each attempt of a batch on its own: a lease settled
+/// before the batch and one named twice in it are refused with
+/// `LeaseLost`, the others are settled as asked (ack with its result,
+/// release, retry, dead letter), in one call.
+pub async fn settle_many_fences_each_settlement<F: Fixture>(f: &F) {
+    let b = f.open().await;
+    let caps = b.capabilities();
+    let q = queue_name("many");
+    publish(&b, (0..5).map(|n| message(&q, n)).collect()).await;
+    let mut got = fetch(&b, &[&q], 5, WAIT).await;
+    assert_eq!(got.len(), 5, "all five fetched");
+    got.sort_by_key(crate::support::arg);
+    ok(
+        b.settle(&got[0].lease, Settlement::Ack { result: None })
+            .await,
+        "ack before the batch",
+    );
+    let id1 = got[1].lease.id.clone();
+    let mut retry = msg(&got[3]).clone();
+    retry.headers.retries += 1;
+    let exc = ExceptionInfo::new("RuntimeError", "builtins", "many");
+    let batch = vec![
+        (got[0].lease.clone(), Settlement::Ack { result: None }),
+        (
+            got[1].lease.clone(),
+            Settlement::Ack {
+                result: Some(TaskResult::success(id1.clone(), json!("one"))),
+            },
+        ),
+        (got[2].lease.clone(), Settlement::Release),
+        (
+            got[3].lease.clone(),
+            Settlement::Retry {
+                message: Box::new(retry),
+                result: None,
+            },
+        ),
+        (
+            got[4].lease.clone(),
+            Settlement::DeadLetter {
+                reason: "conformance: many".to_owned(),
+                result: Some(TaskResult::failure(got[4].lease.id.clone(), &exc, None)),
+            },
+        ),
+        (got[1].lease.clone(), Settlement::Ack { result: None }),
+    ];
+    let out = b.settle_many(&batch).await;
+    assert_eq!(out.len(), batch.len(), "one outcome per settlement");
+    let kinds: Vec<Option<ErrorKind>> = out
+        .iter()
+        .map(|r| r.as_ref().err().map(celeriac_core::Error::kind))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            Some(ErrorKind::LeaseLost),
+            None,
+            None,
+            None,
+            None,
+            Some(ErrorKind::LeaseLost)
+        ],
+        "outcomes in order: {out:?}"
+    );
+    if caps.results {
+        let r = ok(b.get(&id1).await, "get").expect("the ack's result");
+        assert_eq!(r.result, json!("one"));
+        let r = ok(b.get(&got[4].lease.id).await, "get").expect("the dead letter's result");
+        assert_eq!(r.status, TaskState::Failure);
+    }
+    // The released and the retried message come back; nothing else does.
+    let mut back = fetch(&b, &[&q], 5, WAIT).await;
+    if back.len() < 2 {
+        back.extend(fetch(&b, &[&q], 5, WAIT).await);
+    }
+    back.sort_by_key(crate::support::arg);
+    let seen: Vec<(u64, u32)> = back
+        .iter()
+        .map(|d| (crate::support::arg(d), msg(d).headers.retries))
+        .collect();
+    assert_eq!(seen, vec![(2, 0), (3, 1)], "released and retried");
+    for d in &back {
+        ok(
+            b.settle(&d.lease, Settlement::Ack { result: None }).await,
+            "ack",
+        );
+    }
+    assert_nothing(&b, &q, Duration::ZERO, "the batch settled the rest").await;
+    if caps.admin {
+        let dead = ok(b.dead_letters(100).await, "dead_letters");
+        assert!(
+            dead.iter().any(|d| d.id == got[4].lease.id),
+            "the dead letter is listed: {dead:?}"
+        );
+    }
+}

@@ -181,6 +181,7 @@ macro_rules! suite {
                 settled_attempt_cannot_settle_again,
                 forged_token_is_refused,
                 tokens_are_fresh_per_delivery,
+                settle_many_fences_each_settlement,
             }
             dead_letter {
                 dead_letter_removes_and_stores_result,
