@@ -2,8 +2,9 @@
 //! `redis` crate loads a script again when a restarted server forgot it).
 //!
 //! Every script but `unlock` starts with `scripts/common.lua`: the key and
-//! argument layout every script shares, the attempt record and its fencing
-//! check; then the result store's `celeriac_store_result`. [`Scripts::call`] fills that shared layout.
+//! argument layout every script shares, the attempt tags and their fencing
+//! check, the delivery counters; then the result store's
+//! `celeriac_store_result`. [`invocation`] fills that shared layout.
 
 use std::sync::OnceLock;
 
