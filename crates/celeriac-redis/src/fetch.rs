@@ -8,7 +8,10 @@
 //! with a `REVOKED` result; the rest are delivered. When the claim reports
 //! ended leases it runs the visibility sweep and claims again. When nothing
 //! was claimed it waits, in [`crate::wake`], until a list it reads becomes
-//! non-empty or the next eta or lease end comes, then claims again.
+//! non-empty or the next eta or lease end comes, then claims again; a fetch
+//! of one queue arms its next claim behind a blocked `BLMOVE` on the
+//! queue's first list instead ([`crate::arm`]), so Redis runs it the moment
+//! a message lands.
 //!
 //! Cancel safety: the claim is one script; a fetch dropped before its reply
 //! leaves leases that no one holds, which end after `req.lease` and are
@@ -26,16 +29,16 @@ use crate::conn::redis_error;
 use crate::publish::unix;
 use crate::scripts::{invocation, scripts};
 use crate::settle::{settle_many, Op};
-use crate::{envelope, sweep, wake, Inner};
+use crate::{arm, envelope, sweep, wake, Inner};
 
 /// The least time a fetch waits before claiming again when a sweep had
 /// nothing to do (its lock was held elsewhere), so it does not spin.
 const MIN_RECHECK: Duration = Duration::from_millis(5);
 
 /// One claimed message, as the claim script returned it.
-struct Claimed {
+pub(crate) struct Claimed {
     queue: usize,
-    token: u64,
+    pub(crate) token: u64,
     deliveries: u32,
     /// The envelope (or, when wrapped, the unacked value around it).
     payload: Vec<u8>,
@@ -43,8 +46,8 @@ struct Claimed {
 }
 
 /// What one claim returned.
-struct Claim {
-    items: Vec<Claimed>,
+pub(crate) struct Claim {
+    pub(crate) items: Vec<Claimed>,
     /// When something may become claimable by itself (unix seconds).
     next_due: Option<f64>,
     restore_due: bool,
@@ -76,8 +79,13 @@ pub(crate) async fn fetch(inner: &Arc<Inner>, req: &FetchRequest) -> Result<Vec<
     let names: Vec<Arc<str>> = queues.iter().map(|q| Arc::from(*q)).collect();
     // This fetch's turn to wait, once it has to (see `Watchers::turn`).
     let mut turn: Option<tokio::sync::OwnedMutexGuard<()>> = None;
+    // What an armed claim took while this fetch waited.
+    let mut armed_claim: Option<Claim> = None;
     loop {
-        let claim = claim(inner, &queues, req.max, req.lease).await?;
+        let claim = match armed_claim.take() {
+            Some(c) => c,
+            None => claim(inner, &queues, req.max, req.lease).await?,
+        };
         let claimed = claim.items.len();
         let mut swept = 0;
         if claim.restore_due {
@@ -131,6 +139,28 @@ pub(crate) async fn fetch(inner: &Arc<Inner>, req: &FetchRequest) -> Result<Vec<
                 }
             }
         }
+        if let [queue] = queues[..] {
+            // The claim goes ahead of the message (see `arm.rs`); the
+            // watchers still wake this fetch for the queue's other lists.
+            let armer = inner.watchers.armer(queue);
+            if let Some(mut armed) = arm::arm(inner, &armer, queue, req.max, req.lease, until).await
+            {
+                let first = inner.keys.list(queue, 0);
+                let others: Vec<String> = keys.into_iter().filter(|k| *k != first).collect();
+                let answered = tokio::select! {
+                    got = armed.reply() => Some(got),
+                    woke = wake::wait(inner, &others, until) => {
+                        woke?;
+                        None
+                    }
+                };
+                armed_claim = match answered {
+                    Some(got) => got,
+                    None => armed.disarm(inner).await?,
+                };
+                continue;
+            }
+        }
         wake::wait(inner, &keys, until).await?;
     }
 }
@@ -148,7 +178,7 @@ async fn claim(
         &inner.keys,
         inner.cfg.visibility_timeout.as_secs_f64(),
     );
-    inv.arg(lease.as_secs_f64()).arg(max);
+    inv.arg(lease.as_secs_f64()).arg(max).arg("");
     for q in queues {
         inv.arg(*q);
     }
@@ -187,7 +217,7 @@ pub(crate) fn bytes(v: Value) -> Option<Vec<u8>> {
     }
 }
 
-fn parse_claim(reply: Value) -> Result<Claim, Error> {
+pub(crate) fn parse_claim(reply: Value) -> Result<Claim, Error> {
     let Value::Array(parts) = reply else {
         return Err(bad_reply("not an array"));
     };

@@ -12,6 +12,7 @@
 //! | `celeriac.deliveries.<delivery tag>` | string | deliveries of a message that came back, expiring a week after its last count |
 //! | `celeriac.delayed.<queue>` | zset | tag → eta (unix seconds) of held delayed messages |
 //! | `celeriac.wake.<queue>` | list | a signal to waiting fetches: a delayed message was published |
+//! | `celeriac.armed.<id>` | string | the arm of a claim queued behind a blocked `BLMOVE` (`arm.rs`); deleted when the claim runs or is disarmed, expiring otherwise |
 //! | `celeriac.dead` | list | dead letters, oldest first |
 //! | `celeriac.revoked` | zset | task id → when the revocation is forgotten |
 //! | `celeriac.queues` | set | queue names published or consumed through celeriac |

@@ -63,7 +63,11 @@
 //! * **Wake-ups without polling.** Idle fetches share one watcher per list
 //!   key, a `BLMOVE key key RIGHT RIGHT` (a no-op rotation) blocked on a
 //!   dedicated connection that returns when the list is non-empty, as
-//!   Python producers only `LPUSH`; see `wake.rs`.
+//!   Python producers only `LPUSH`; see `wake.rs`. The one fetch of a
+//!   queue that waits pipelines its claim behind such a `BLMOVE` on the
+//!   queue's first list, so Redis runs the claim the moment a message lands
+//!   and the answer brings the message (`arm.rs`): an idle task starts
+//!   about 0.2 ms after it was sent.
 //! * **Durable delays.** A claimed message whose eta lies ahead stays in
 //!   `unacked` (kombu's format, so Python tooling sees and can recover it)
 //!   and joins `celeriac.delayed.<queue>`, scored by eta; its
@@ -93,6 +97,7 @@ pub mod results;
 pub use results::RedisBackend;
 
 mod admin;
+mod arm;
 mod broker;
 mod config;
 mod conn;

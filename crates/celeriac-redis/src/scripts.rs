@@ -51,8 +51,29 @@ pub(crate) fn scripts() -> &'static Scripts {
     })
 }
 
+/// Returns an `EVALSHA` of `script` with the shared keys and arguments
+/// filled in, for a pipeline (the caller appends the script's own
+/// arguments; a server that lost the script answers `NOSCRIPT`).
+pub(crate) fn command(script: &Script, keys: &Keys, visibility_timeout: f64) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash())
+        .arg(6)
+        .arg(&keys.unacked)
+        .arg(&keys.unacked_index)
+        .arg(&keys.token_seq)
+        .arg(&keys.dead)
+        .arg(&keys.revoked)
+        .arg(&keys.queues)
+        .arg(&keys.prefix)
+        .arg(&keys.sep)
+        .arg(&keys.steps_csv)
+        .arg(visibility_timeout);
+    cmd
+}
+
 /// Returns an invocation of `script` with the shared keys and arguments
-/// filled in; the caller appends the script's own arguments.
+/// filled in (as [`command`] does); the caller appends the script's own
+/// arguments.
 pub(crate) fn invocation<'a>(
     script: &'a Script,
     keys: &Keys,

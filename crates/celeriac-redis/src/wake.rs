@@ -56,6 +56,8 @@ pub(crate) struct Watchers {
     map: Mutex<HashMap<String, Arc<Watch>>>,
     /// The turn to wait, by the sorted list keys the fetches read.
     turns: Mutex<HashMap<Vec<String>, Arc<tokio::sync::Mutex<()>>>>,
+    /// The connection each queue's waiting fetch arms claims on.
+    armers: Mutex<HashMap<String, Arc<crate::arm::Armer>>>,
 }
 
 /// One key's watcher, as waiting fetches see it.
@@ -91,6 +93,17 @@ impl Watchers {
         sorted.sort_unstable();
         let mut turns = self.turns.lock().unwrap_or_else(PoisonError::into_inner);
         Arc::clone(turns.entry(sorted).or_default())
+    }
+
+    /// Returns the armer of `queue` (see `arm.rs`).
+    pub(crate) fn armer(&self, queue: &str) -> Arc<crate::arm::Armer> {
+        let mut armers = self.armers.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(a) = armers.get(queue) {
+            return Arc::clone(a);
+        }
+        let a = Arc::new(crate::arm::Armer::default());
+        armers.insert(queue.to_owned(), Arc::clone(&a));
+        a
     }
 
     /// Forgets `key`'s watch if it is still `w` and no one waits on it.

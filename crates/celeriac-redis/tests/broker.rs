@@ -941,3 +941,76 @@ async fn a_killed_connection_loses_nothing() {
     );
     assert_eq!(acked, ids);
 }
+
+/// Returns the arm keys of armed claims under the fixture's prefix.
+async fn arm_keys(fx: &mut Fx) -> Vec<String> {
+    fx.raw.keys(fx.key("celeriac.armed.*")).await.unwrap()
+}
+
+/// An idle fetch arms its claim behind a blocked `BLMOVE` on the queue's
+/// first list. Woken by another list instead, it disarms, and the armed
+/// claim takes nothing: a message pushed later waits for the next fetch and
+/// is delivered once, as a first delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disarmed_claim_takes_nothing() {
+    let Some(mut fx) = Fx::new("disarm").await else {
+        return;
+    };
+    let broker = fx.broker.clone();
+    let req = fx.req(1, Duration::from_secs(60), Duration::from_secs(20));
+    let waiting = tokio::spawn(async move { broker.fetch(&req).await });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while arm_keys(&mut fx).await.is_empty() {
+        assert!(Instant::now() < deadline, "the idle fetch never armed");
+        tokio::task::yield_now().await;
+    }
+    // A message of priority 9 lands on another list: a watcher wakes it.
+    let mut urgent = fx.message(1);
+    urgent.properties.priority = Some(9);
+    fx.broker.publish(vec![urgent]).await.unwrap();
+    let got = waiting.await.unwrap().unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(celeriac_conformance::support::arg(&got[0]), 1);
+    assert!(arm_keys(&mut fx).await.is_empty(), "disarmed");
+    // The disarmed claim, still queued behind its BLMOVE, runs on this
+    // push and takes nothing.
+    fx.broker.publish(vec![fx.message(2)]).await.unwrap();
+    let next = fx.fetch(1, Duration::from_secs(5)).await;
+    assert_eq!(next.len(), 1);
+    assert_eq!(celeriac_conformance::support::arg(&next[0]), 2);
+    assert_eq!(next[0].deliveries, 1, "never claimed before");
+    for d in got.iter().chain(&next) {
+        fx.broker
+            .settle(&d.lease, Settlement::Ack { result: None })
+            .await
+            .unwrap();
+    }
+}
+
+/// An armed claim answers a push to the queue's first list by itself: the
+/// waiting fetch returns the message, and nothing stays armed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_armed_claim_delivers_a_push() {
+    let Some(mut fx) = Fx::new("armed").await else {
+        return;
+    };
+    let broker = fx.broker.clone();
+    let req = fx.req(4, Duration::from_secs(60), Duration::from_secs(20));
+    let waiting = tokio::spawn(async move { broker.fetch(&req).await });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while arm_keys(&mut fx).await.is_empty() {
+        assert!(Instant::now() < deadline, "the idle fetch never armed");
+        tokio::task::yield_now().await;
+    }
+    let env = py_envelope(&fx.queue, py_headers("armed-1"), PY_BODY, "tag-armed-1");
+    let _: () = fx.raw.lpush(fx.list(0), &env).await.unwrap();
+    let got = waiting.await.unwrap().unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].lease.id.as_str(), "armed-1");
+    assert_eq!(got[0].deliveries, 1);
+    assert!(arm_keys(&mut fx).await.is_empty(), "the claim took its arm");
+    fx.broker
+        .settle(&got[0].lease, Settlement::Ack { result: None })
+        .await
+        .unwrap();
+}

@@ -6,8 +6,14 @@
 -- unacked. Nothing in the envelope is parsed, except the delivery tag of
 -- one that carries kombu's redelivered mark (to count its deliveries).
 --
--- ARGV[5] lease in seconds, ARGV[6] max, ARGV[7..] queues, in the order to
--- serve them (the caller rotates it for fairness).
+-- ARGV[5] lease in seconds, ARGV[6] max, ARGV[7] arm key ('' for none),
+-- ARGV[8..] queues, in the order to serve them (the caller rotates it for
+-- fairness).
+--
+-- An armed claim (see arm.rs) waits in a pipeline behind a blocked BLMOVE
+-- and runs the moment a message lands; it claims only if its arm key is
+-- still there, and deletes it, so a fetch that stopped waiting can disarm
+-- it with one DEL and know from the answer whether it already ran.
 --
 -- Order: due delayed messages first, then the lists by priority step
 -- (step 0 first, as kombu's BRPOP key order), round robin across the queues
@@ -23,8 +29,12 @@
 
 local lease = tonumber(ARGV[5])
 local max = tonumber(ARGV[6])
+local arm = ARGV[7]
+if arm ~= '' and redis.call('DEL', arm) == 0 then
+  return {0, '', 0, 0}
+end
 local queues = {}
-for i = 7, #ARGV do queues[#queues + 1] = ARGV[i] end
+for i = 8, #ARGV do queues[#queues + 1] = ARGV[i] end
 
 for _, q in ipairs(queues) do redis.call('DEL', wake_key(q)) end
 
