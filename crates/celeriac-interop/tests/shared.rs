@@ -1,7 +1,8 @@
 //! celery-protocol.md §12.4 (a Python client reads what the Rust worker
 //! writes, for every state, and survives 1000 results in one process), a
-//! Python and a Rust worker consuming one queue, and a Rust worker process
-//! SIGKILLed while Python producers keep sending.
+//! Python and a Rust worker consuming one queue, a Rust worker process
+//! SIGKILLed while Python producers keep sending, and what a killed Rust
+//! worker held restored by a Python worker's sweep.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -223,6 +224,96 @@ async fn k01_kill9_rust_worker_while_python_produces() {
             assert!(extra <= 4 * CONCURRENCY as i64, "{extra} extra executions");
             celeriac_conformance::service::note(&format!(
                 "k01 on {}: killed after {killed_at} executions; {extra} ran twice",
+                case.venv.name
+            ));
+        },
+    )
+    .await;
+}
+
+/// K2. A celeriac worker process dies (SIGKILL) holding messages; no Rust
+/// worker comes back. A Python worker started once the dead worker's
+/// leases have ended restores them with kombu's own sweep (celeriac files
+/// each attempt under `celeriac:<token>` as `[envelope, "", queue]`, which
+/// kombu's restore sends back to that queue) and runs every task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn k02_python_sweep_restores_what_a_killed_rust_worker_held() {
+    each_venv_within(
+        "k02_python_sweep_restores_what_a_killed_rust_worker_held",
+        Duration::from_secs(180),
+        |case| async move {
+            const N: usize = 40;
+            let url = format!("{}?visibility_timeout=2", case.url());
+            let worker = case.rust_process(&url, &["q"], 4);
+            let mut client = case.py_client().await;
+            let key = case.key("k02");
+            let calls: Vec<Value> = (0..N)
+                .map(|i| json!({"args": [case.url(), key, i.to_string(), 0.5]}))
+                .collect();
+            let r = client
+                .request(
+                    &json!({"op": "send_many", "task": "tasks.track", "calls": calls,
+                           "options": {"queue": "q"}}),
+                    Duration::from_secs(60),
+                )
+                .await;
+            let ids: Vec<String> = serde_json::from_value(r["ids"].clone()).unwrap();
+            assert_eq!(ids.len(), N);
+            wait_for("the Rust worker to hold messages", WAIT, || async {
+                let tags: Vec<String> = case.wire.cmd(redis::cmd("HKEYS").arg("unacked")).await;
+                (tags.len() >= 8 && tags.iter().all(|t| t.starts_with("celeriac:"))).then_some(())
+            })
+            .await;
+            worker.kill9();
+            let held = case.wire.unacked().await;
+            let entries = case.wire.unacked_entries().await;
+            assert!(
+                entries.iter().all(|e| e[1] == "" && e[2] == "q"),
+                "kombu's restore routes them back to q: {entries:?}"
+            );
+            // Its leases (2 s) end; then the Python worker's start-up sweep
+            // (visibility timeout 2 s) takes them back.
+            wait_for("the dead worker's leases to end", WAIT, || async {
+                let now: (String, String) = case.wire.cmd(&redis::cmd("TIME")).await;
+                let now: f64 = now.0.parse::<f64>().unwrap();
+                let last: Vec<(String, f64)> = case
+                    .wire
+                    .cmd(
+                        redis::cmd("ZRANGE")
+                            .arg("unacked_index")
+                            .arg(-1)
+                            .arg(-1)
+                            .arg("WITHSCORES"),
+                    )
+                    .await;
+                last.iter().all(|(_, s)| s + 2.0 < now).then_some(())
+            })
+            .await;
+            let env = vec![("CELERY_VISIBILITY_TIMEOUT".to_owned(), "2".to_owned())];
+            let _py = case
+                .py_worker(
+                    &["q"],
+                    PyWorkerOptions {
+                        env,
+                        concurrency: 4,
+                        ..PyWorkerOptions::default()
+                    },
+                )
+                .await;
+            let outcomes = client.get_many(&ids, WAIT, Duration::from_secs(120)).await;
+            for o in &outcomes {
+                assert_eq!(o.state, "SUCCESS", "{o:?}");
+            }
+            case.wire.wait_unacked_empty(WAIT).await;
+            let counts = case.wire.counts(&key).await;
+            assert_eq!(counts.len(), N, "every task ran");
+            let by = case.wire.counts(&format!("{key}:by")).await;
+            assert!(
+                by.get("py").copied().unwrap_or(0) >= i64::try_from(held).unwrap_or(0) - 4,
+                "the Python worker ran what the dead worker held ({held}): {by:?}"
+            );
+            celeriac_conformance::service::note(&format!(
+                "k02 on {}: {held} held at the kill, restored by Python; runs by worker {by:?}",
                 case.venv.name
             ));
         },
