@@ -3,11 +3,11 @@
 //! A fetch that waits for a queue would otherwise learn of a push from its
 //! watcher (a blocked `BLMOVE`, see [`crate::wake`]) and only then send the
 //! claim: one more round trip to a Redis that has gone back to sleep. The
-//! fetch whose turn it is to wait for one queue instead *arms* a claim: on a
-//! connection of its own it pipelines
+//! fetch whose turn it is to wait for one queue instead *arms* a claim: it
+//! sets an arm key (`SET <arm key> 1 PX <ttl>`, answered before anything
+//! else is sent), then on a connection of its own pipelines
 //!
 //! ```text
-//! SET <arm key> 1 PX <ttl>
 //! BLMOVE <queue> <queue> RIGHT RIGHT <block>   -- a no-op rotation
 //! EVALSHA <claim> ... <arm key> <queue>
 //! ```
@@ -83,6 +83,22 @@ impl Armer {
     }
 }
 
+/// A taken slot, given back when dropped unless handed over to an armed
+/// claim's task.
+struct Taken<'a> {
+    armer: &'a Armer,
+    conn: Option<MultiplexedConnection>,
+    handed_over: bool,
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        if !self.handed_over {
+            self.armer.put(self.conn.take());
+        }
+    }
+}
+
 /// An armed claim under way.
 pub(crate) struct Armed {
     inner: Weak<Inner>,
@@ -108,22 +124,46 @@ pub(crate) async fn arm(
         return None;
     }
     let block = left.min(BLOCK_FOR);
-    let mut conn = match armer.take()? {
-        Some(c) => c,
-        None => match inner.conn.blocker().await {
-            Ok(c) => c,
+    // The slot is busy from here; the guard frees it again (with the
+    // connection, if there is one) unless the armed claim takes it, also
+    // when this future is dropped at an await.
+    let mut slot = Taken {
+        armer,
+        conn: armer.take()?,
+        handed_over: false,
+    };
+    if slot.conn.is_none() {
+        match inner.conn.blocker().await {
+            Ok(c) => slot.conn = Some(c),
             Err(e) => {
                 tracing::debug!(error = %e.chain_text(), "cannot open a connection to arm claims on");
-                armer.put(None);
                 return None;
             }
-        },
-    };
+        }
+    }
     let key = format!(
         "{}celeriac.armed.{}",
         inner.keys.prefix,
         uuid::Uuid::new_v4().simple()
     );
+    // Set before the claim is sent, so that a disarm's `DEL` answering 0
+    // always means the claim ran.
+    let ttl = u64::try_from((block + ARM_GRACE).as_millis()).unwrap_or(u64::MAX);
+    let set: Result<(), _> = redis::cmd("SET")
+        .arg(&key)
+        .arg(1)
+        .arg("PX")
+        .arg(ttl)
+        .query_async(&mut inner.conn.manager())
+        .await;
+    if let Err(e) = set {
+        tracing::debug!(error = %e, "cannot arm a claim");
+        return None;
+    }
+    let mut conn = slot.conn.take()?;
+    // The armed claim's task gives the slot back when it is done.
+    slot.handed_over = true;
+    drop(slot);
     let list = inner.keys.list(queue, 0);
     let mut claim = command(
         &scripts().claim,
@@ -132,13 +172,7 @@ pub(crate) async fn arm(
     );
     claim.arg(lease.as_secs_f64()).arg(max).arg(&key).arg(queue);
     let mut pipe = redis::pipe();
-    pipe.cmd("SET")
-        .arg(&key)
-        .arg(1)
-        .arg("PX")
-        .arg(u64::try_from((block + ARM_GRACE).as_millis()).unwrap_or(u64::MAX))
-        .ignore()
-        .cmd("BLMOVE")
+    pipe.cmd("BLMOVE")
         .arg(&list)
         .arg(&list)
         .arg("RIGHT")
