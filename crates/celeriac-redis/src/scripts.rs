@@ -55,20 +55,31 @@ pub(crate) fn scripts() -> &'static Scripts {
 /// filled in, for a pipeline (the caller appends the script's own
 /// arguments; a server that lost the script answers `NOSCRIPT`).
 pub(crate) fn command(script: &Script, keys: &Keys, visibility_timeout: f64) -> redis::Cmd {
+    let shared = shared_keys(keys);
     let mut cmd = redis::cmd("EVALSHA");
     cmd.arg(script.get_hash())
-        .arg(6)
-        .arg(&keys.unacked)
-        .arg(&keys.unacked_index)
-        .arg(&keys.token_seq)
-        .arg(&keys.dead)
-        .arg(&keys.revoked)
-        .arg(&keys.queues)
-        .arg(&keys.prefix)
-        .arg(&keys.sep)
-        .arg(&keys.steps_csv)
+        .arg(shared.len())
+        .arg(&shared[..])
+        .arg(&shared_args(keys)[..])
         .arg(visibility_timeout);
     cmd
+}
+
+/// The keys every script takes (`scripts/common.lua`), in order.
+fn shared_keys(keys: &Keys) -> [&str; 6] {
+    [
+        &keys.unacked,
+        &keys.unacked_index,
+        &keys.token_seq,
+        &keys.dead,
+        &keys.revoked,
+        &keys.queues,
+    ]
+}
+
+/// The arguments every script takes first, but the visibility timeout.
+fn shared_args(keys: &Keys) -> [&str; 3] {
+    [&keys.prefix, &keys.sep, &keys.steps_csv]
 }
 
 /// Returns an invocation of `script` with the shared keys and arguments
@@ -80,15 +91,8 @@ pub(crate) fn invocation<'a>(
     visibility_timeout: f64,
 ) -> ScriptInvocation<'a> {
     let mut inv = script.prepare_invoke();
-    inv.key(&keys.unacked)
-        .key(&keys.unacked_index)
-        .key(&keys.token_seq)
-        .key(&keys.dead)
-        .key(&keys.revoked)
-        .key(&keys.queues)
-        .arg(&keys.prefix)
-        .arg(&keys.sep)
-        .arg(&keys.steps_csv)
+    inv.key(&shared_keys(keys)[..])
+        .arg(&shared_args(keys)[..])
         .arg(visibility_timeout);
     inv
 }

@@ -947,6 +947,15 @@ async fn arm_keys(fx: &mut Fx) -> Vec<String> {
     fx.raw.keys(fx.key("celeriac.armed.*")).await.unwrap()
 }
 
+/// Waits until some fetch of the fixture has armed a claim.
+async fn wait_armed(fx: &mut Fx) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while arm_keys(fx).await.is_empty() {
+        assert!(Instant::now() < deadline, "the idle fetch never armed");
+        tokio::task::yield_now().await;
+    }
+}
+
 /// An idle fetch arms its claim behind a blocked `BLMOVE` on the queue's
 /// first list. Woken by another list instead, it disarms, and the armed
 /// claim takes nothing: a message pushed later waits for the next fetch and
@@ -959,11 +968,7 @@ async fn a_disarmed_claim_takes_nothing() {
     let broker = fx.broker.clone();
     let req = fx.req(1, Duration::from_secs(60), Duration::from_secs(20));
     let waiting = tokio::spawn(async move { broker.fetch(&req).await });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while arm_keys(&mut fx).await.is_empty() {
-        assert!(Instant::now() < deadline, "the idle fetch never armed");
-        tokio::task::yield_now().await;
-    }
+    wait_armed(&mut fx).await;
     // A message of priority 9 lands on another list: a watcher wakes it.
     let mut urgent = fx.message(1);
     urgent.properties.priority = Some(9);
@@ -997,11 +1002,7 @@ async fn an_armed_claim_delivers_a_push() {
     let broker = fx.broker.clone();
     let req = fx.req(4, Duration::from_secs(60), Duration::from_secs(20));
     let waiting = tokio::spawn(async move { broker.fetch(&req).await });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while arm_keys(&mut fx).await.is_empty() {
-        assert!(Instant::now() < deadline, "the idle fetch never armed");
-        tokio::task::yield_now().await;
-    }
+    wait_armed(&mut fx).await;
     let env = py_envelope(&fx.queue, py_headers("armed-1"), PY_BODY, "tag-armed-1");
     let _: () = fx.raw.lpush(fx.list(0), &env).await.unwrap();
     let got = waiting.await.unwrap().unwrap();
